@@ -1,0 +1,1 @@
+"""Shared registration toolkit of the MONAI registration zoo."""

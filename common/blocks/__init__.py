@@ -1,0 +1,31 @@
+"""Parameter-free layers, one concept per file (see :mod:`common.conventions` for the field convention)."""
+
+from __future__ import annotations
+
+from common.blocks.affine import AffineTransform, affine_to_ddf, identity_affine
+from common.blocks.bspline import BSplineTransformer, control_grid_shape
+from common.blocks.compose import compose_ddf
+from common.blocks.integrate import VelocityIntegrator, integrate_velocity
+from common.blocks.jacobian import jacobian_determinant, jacobian_matrix
+from common.blocks.resize_flow import ResizeFlow, resize_flow
+from common.blocks.warp import Warp, WarpLabels, one_hot, warp, warp_labels
+
+__all__ = [
+    "AffineTransform",
+    "BSplineTransformer",
+    "ResizeFlow",
+    "VelocityIntegrator",
+    "Warp",
+    "WarpLabels",
+    "affine_to_ddf",
+    "compose_ddf",
+    "control_grid_shape",
+    "identity_affine",
+    "integrate_velocity",
+    "jacobian_determinant",
+    "jacobian_matrix",
+    "one_hot",
+    "resize_flow",
+    "warp",
+    "warp_labels",
+]

@@ -1,0 +1,95 @@
+"""Reading and writing NIfTI files with clear errors and atomic writes (never a half-written output)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["ImageReadError", "atomic_path", "read_nifti", "write_nifti"]
+
+
+class ImageReadError(ValueError):
+    """A file could not be used as an image; the message names the file and the problem."""
+
+
+def read_nifti(
+    path: str | os.PathLike, ndim: int | None = None, dtype: type | None = np.float32, allow_nonfinite: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI image as ``(array, affine)`` in nibabel's array order (RAS affine).
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        ndim: required number of spatial dimensions (2 or 3); trailing singleton axes are dropped first.
+        dtype: array dtype (None keeps the stored one).
+        allow_nonfinite: accept NaN/Inf voxels (default: refuse them).
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated or non-NIfTI file; wrong dimensionality; NaN/Inf.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p}: file not found.")
+    if p.is_dir():
+        raise ImageReadError(f"{p}: is a directory, expected a NIfTI file.")
+    try:
+        img = nib.load(str(p))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise ImageReadError(f"{p}: not a readable NIfTI image ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ImageReadError(f"{p}: not a NIfTI image (nibabel read it as {type(img).__name__}).")
+    while data.ndim > 2 and data.shape[-1] == 1 and (ndim is None or data.ndim > ndim):
+        data = data[..., 0]
+    if ndim is not None and data.ndim != ndim:
+        raise ImageReadError(
+            f"{p}: expected a {ndim}D image, got shape {data.shape} ({data.ndim}D)"
+            + ("; pass one volume/channel at a time." if data.ndim > ndim else ".")
+        )
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n_bad = int((~np.isfinite(data)).sum())
+        raise ImageReadError(f"{p}: contains {n_bad} NaN/Inf voxels.")
+    return np.asarray(data), np.asarray(img.affine, dtype=np.float64)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file normal permissions
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: type | None = None) -> Path:
+    """Write ``array`` with ``affine`` to ``path`` atomically (temp file + rename). Returns the path."""
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
