@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from monai.networks.blocks import Warp as _MonaiWarp
 from torch import nn
 
-from common.conventions import check_image_and_ddf
+from common.conventions import _to_grid_sample_order, check_image_and_ddf
 
-__all__ = ["Warp", "WarpLabels", "warp", "warp_labels", "one_hot"]
+__all__ = ["Warp", "WarpLabels", "warp", "warp_labels", "one_hot", "sample_at"]
 
 
 class Warp(_MonaiWarp):
@@ -118,3 +118,25 @@ class WarpLabels(nn.Module):
 
     def forward(self, labels: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
         return warp_labels(labels, ddf, self.num_classes, self.return_one_hot)
+
+
+def sample_at(
+    image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Sample ``image`` ``(B, C, *S_in)`` at voxel coordinates ``coords`` ``(B, D, *S_out)`` (array order).
+
+    Unlike :func:`warp`, the output grid may differ from the image grid: this is the resampling step between
+    images of different geometry (e.g. a moving image onto a fixed image's grid through world coordinates).
+    """
+    if image.ndim != coords.ndim or coords.shape[1] != image.ndim - 2:
+        raise ValueError(
+            f"sample_at: `coords` must have shape (B, {image.ndim - 2}, *S_out) for an image of shape "
+            f"{tuple(image.shape)}, got {tuple(coords.shape)}."
+        )
+    dims = image.ndim - 2
+    size = torch.tensor([max(int(n) - 1, 1) for n in image.shape[2:]], dtype=coords.dtype, device=coords.device)
+    norm = coords * (2.0 / size.view(1, dims, *([1] * dims))) - 1.0
+    if norm.shape[0] != image.shape[0]:
+        norm = norm.expand(image.shape[0], *norm.shape[1:])
+    img = image if image.is_floating_point() else image.to(coords.dtype)
+    return F.grid_sample(img, _to_grid_sample_order(norm), mode=mode, padding_mode=padding_mode, align_corners=True)

@@ -1,0 +1,155 @@
+"""Geometry between a user's images and a network's grid (world coordinates via NIfTI/RAS affines).
+
+A bundle was trained on arrays of one orientation (axis codes, e.g. ``"LIA"``) and one voxel spacing. For a
+moving/fixed pair of any orientation and spacing, inference:
+
+1. builds the **network grid** from the fixed image (:func:`network_grid`): the fixed grid reoriented to the
+   training axis codes (a permutation/flip, no interpolation), resampled to the training spacing over the
+   same physical extent, then padded/cropped symmetrically to a multiple of ``multiple`` voxels or to a fixed
+   shape;
+2. resamples both images onto it through world coordinates (:func:`resample_to_grid`), so moving and fixed
+   may have different grids;
+3. runs the network, then maps the displacement back to the fixed image's own grid
+   (:func:`ddf_to_fixed_grid`): vectors are converted through mm (so they are rescaled and re-axed) and the
+   result is a :mod:`common.conventions` DDF in voxels of the fixed grid;
+4. warps the ORIGINAL moving image in the fixed geometry (:func:`warp_to_fixed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from common.blocks.warp import sample_at
+from common.conventions import identity_grid
+
+__all__ = ["network_grid", "grid_coords", "resample_to_grid", "ddf_to_fixed_grid", "warp_to_fixed", "world_ddf"]
+
+
+def network_grid(
+    fixed_affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    spacing: Sequence[float],
+    axcodes: str | None = None,
+    multiple: int = 16,
+    shape: Sequence[int] | None = None,
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Affine and shape of the grid the network runs on.
+
+    Args:
+        fixed_affine: ``(D+1, D+1)`` voxel-to-world (RAS mm) affine of the fixed image.
+        fixed_shape: spatial shape of the fixed image.
+        spacing: training voxel spacing in mm, ``D`` numbers (in the training axis order).
+        axcodes: training orientation codes (``"LIA"``, ``"RAS"``, ...); None keeps the fixed orientation.
+        multiple: pad/crop each axis to a multiple of this (ignored when ``shape`` is given).
+        shape: exact network shape (pad/crop symmetrically around the fixed image centre).
+
+    Returns:
+        ``(affine, shape)`` of the network grid.
+    """
+    fixed_affine = np.asarray(fixed_affine, dtype=np.float64)
+    dims = len(fixed_shape)
+    if fixed_affine.shape != (dims + 1, dims + 1):
+        raise ValueError(f"network_grid: affine {fixed_affine.shape} does not fit a {dims}D shape {tuple(fixed_shape)}.")
+    if len(spacing) != dims or min(spacing) <= 0:
+        raise ValueError(f"network_grid: `spacing` must be {dims} positive numbers, got {tuple(spacing)}.")
+    aff, shp = fixed_affine, np.array(fixed_shape, dtype=int)
+    if axcodes is not None:
+        if len(axcodes) != dims:
+            raise ValueError(f"network_grid: axcodes {axcodes!r} do not match {dims} dims.")
+        if dims == 3:
+            ornt = nib.orientations.io_orientation(aff)
+            target = nib.orientations.axcodes2ornt(tuple(axcodes))
+            transform = nib.orientations.ornt_transform(ornt, target)
+            aff = aff @ nib.orientations.inv_ornt_aff(transform, tuple(shp))
+            shp = shp[transform[:, 0].astype(int)]
+    old_spacing = np.sqrt((aff[:dims, :dims] ** 2).sum(0))
+    extent = (shp - 1) * old_spacing
+    new_shape = np.maximum(np.floor(extent / np.asarray(spacing, dtype=float) + 0.5).astype(int) + 1, 2)
+    scale = np.where(shp > 1, (shp - 1) / np.maximum(new_shape - 1, 1), 1.0)
+    aff = aff @ np.diag([*scale, 1.0])
+    if shape is not None:
+        target_shape = np.array(shape, dtype=int)
+        if len(target_shape) != dims:
+            raise ValueError(f"network_grid: `shape` {tuple(shape)} must have {dims} entries.")
+    else:
+        target_shape = (np.ceil(new_shape / multiple) * multiple).astype(int)
+    # symmetric pad (positive) or crop (negative) around the centre: shift the origin by -before voxels
+    before = (target_shape - new_shape) // 2
+    shift = np.eye(dims + 1)
+    shift[:dims, dims] = -before
+    aff = aff @ shift
+    return aff, tuple(int(s) for s in target_shape)
+
+
+def grid_coords(
+    target_affine: np.ndarray, target_shape: Sequence[int], source_affine: np.ndarray, dtype=torch.float32
+) -> torch.Tensor:
+    """Voxel coordinates in the source grid of every voxel centre of the target grid, ``(1, D, *target_shape)``."""
+    dims = len(target_shape)
+    mapping = np.linalg.inv(np.asarray(source_affine, dtype=np.float64)) @ np.asarray(target_affine, dtype=np.float64)
+    grid = identity_grid(target_shape, dtype=torch.float64).flatten(2)[0]  # (D, N)
+    lin = torch.as_tensor(mapping[:dims, :dims])
+    off = torch.as_tensor(mapping[:dims, dims]).unsqueeze(1)
+    return (lin @ grid + off).view(1, dims, *target_shape).to(dtype)
+
+
+def resample_to_grid(
+    image: torch.Tensor,
+    source_affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: Sequence[int],
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Resample ``image`` ``(B, C, *S)`` from its grid onto another grid through world coordinates."""
+    coords = grid_coords(target_affine, target_shape, source_affine, dtype=torch.float64)
+    out = sample_at(image.to(torch.float64), coords.to(image.device), mode=mode, padding_mode=padding_mode)
+    return out.to(image.dtype if image.is_floating_point() else torch.float32)
+
+
+def world_ddf(ddf: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
+    """Voxel displacement on a grid -> world (RAS mm) displacement vectors on the same grid."""
+    dims = ddf.shape[1]
+    lin = torch.as_tensor(np.asarray(affine, dtype=np.float64)[:dims, :dims], dtype=ddf.dtype, device=ddf.device)
+    return torch.einsum("ij,bj...->bi...", lin, ddf)
+
+
+def ddf_to_fixed_grid(
+    ddf_net: torch.Tensor, net_affine: np.ndarray, fixed_affine: np.ndarray, fixed_shape: Sequence[int]
+) -> torch.Tensor:
+    """Map a displacement from the network grid to the fixed image's own grid (voxels of the fixed grid).
+
+    The world displacement ``d(p)`` is interpolated at each fixed voxel centre (border extrapolation outside the
+    network grid) and expressed in fixed voxels: ``u_fixed(x) = M_fixed^-1 d(A_fixed x)``.
+    """
+    dims = ddf_net.shape[1]
+    d_world = world_ddf(ddf_net.to(torch.float64), net_affine)
+    coords = grid_coords(fixed_affine, fixed_shape, net_affine, dtype=torch.float64).to(ddf_net.device)
+    d_at_fixed = sample_at(d_world, coords, mode="bilinear", padding_mode="border")
+    inv = np.linalg.inv(np.asarray(fixed_affine, dtype=np.float64)[:dims, :dims])
+    out = torch.einsum("ij,bj...->bi...", torch.as_tensor(inv, device=ddf_net.device), d_at_fixed)
+    return out.to(ddf_net.dtype)
+
+
+def warp_to_fixed(
+    moving: torch.Tensor,
+    moving_affine: np.ndarray,
+    ddf_fixed: torch.Tensor,
+    fixed_affine: np.ndarray,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Warp the moving image (its own grid) into the fixed geometry: ``out(x) = moving(A_m^-1 (A_f (x + u(x))))``."""
+    dims = ddf_fixed.shape[1]
+    shape = tuple(ddf_fixed.shape[2:])
+    coords_f = identity_grid(shape, dtype=torch.float64, device=ddf_fixed.device) + ddf_fixed.to(torch.float64)
+    mapping = np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ np.asarray(fixed_affine, dtype=np.float64)
+    lin = torch.as_tensor(mapping[:dims, :dims], device=ddf_fixed.device)
+    off = torch.as_tensor(mapping[:dims, dims], device=ddf_fixed.device).view(1, dims, *([1] * dims))
+    coords_m = torch.einsum("ij,bj...->bi...", lin, coords_f) + off
+    out = sample_at(moving.to(torch.float64), coords_m, mode=mode, padding_mode=padding_mode)
+    return out.to(torch.float32)

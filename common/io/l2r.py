@@ -1,0 +1,200 @@
+"""Learn2Reg displacement files: write a DDF the way the challenge scorers read it, and read such files back.
+
+Facts this module relies on (read from the public Learn2Reg / LUMIR evaluation code, 2021-2024):
+
+* Current format (Learn2Reg 2022+, LUMIR 2024): ``disp_<fixed>_<moving>.nii.gz`` with ``<fixed>``/``<moving>``
+  the 4-character case ids cut from the image names (``name[-16:-12]`` of ``LUMIRMRI_3455_0000.nii.gz``), loaded
+  with ``nib.load(f).get_fdata()`` (any float dtype; float16 keeps files small). Shape ``(*S, D)`` channels-last,
+  **voxels of the fixed grid, array order, pull-back**: the scorer warps with
+  ``map_coordinates(moving, identity + disp.transpose(3, 0, 1, 2), order=0)`` - the convention of
+  :mod:`common.conventions`, so only the channel axis moves. The NIfTI affine is not used by the scorer.
+  The LUMIR scorer also accepts ``.npz`` (``arr_0``) and transposes channels-first ``(3, *S)`` arrays.
+* Learn2Reg 2021 task 3 (OASIS): ``disp_XXXX_XXXX.npz`` with ``arr_0`` of shape ``(3, 80, 96, 112)``, dtype
+  **float16** (checked), channels-first, at **half resolution but in full-resolution voxel units**. The scorer
+  does ``disp = np.array([zoom(disp[i], 2, order=2) for i in range(3)])`` (scipy, quadratic spline,
+  corner-aligned grid, values **not** rescaled) and then warps the 160x192x224 labels with
+  ``identity + disp``. :func:`read_l2r_displacement` with ``full_shape`` replays exactly that upsampling.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+from common.conventions import ALIGN_CORNERS, check_ddf
+from common.io.convert import as_affine
+from common.io.nifti import ImageReadError, atomic_path
+
+__all__ = ["l2r_disp_name", "write_l2r_displacement", "read_l2r_displacement"]
+
+_SUFFIXES = (".nii.gz", ".nii", ".npz")
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def _suffix(path: Path, caller: str) -> str:
+    name = path.name.lower()
+    for s in _SUFFIXES:
+        if name.endswith(s):
+            return s
+    raise ValueError(f"{caller}: `path` must end with .nii.gz, .nii or .npz, got {path}.")
+
+
+def l2r_disp_name(fixed_id: int | str, moving_id: int | str, ext: str = ".nii.gz") -> str:
+    """Learn2Reg / LUMIR submission file name ``disp_<fixed>_<moving><ext>``.
+
+    Integer ids are zero-padded to 4 digits (``3455`` -> ``"3455"``, ``7`` -> ``"0007"``), as the scorers
+    cut them from ``..._XXXX_0000.nii.gz`` image names; string ids are used as given.
+    """
+    parts = []
+    for name, v in (("fixed_id", fixed_id), ("moving_id", moving_id)):
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            if v < 0:
+                raise ValueError(f"l2r_disp_name: `{name}` must be non-negative, got {v}.")
+            parts.append(f"{int(v):04d}")
+        elif isinstance(v, str) and v and not any(c in v for c in "/\\ ") and v not in (".", ".."):
+            parts.append(v)
+        else:
+            raise ValueError(f"l2r_disp_name: `{name}` must be an int or a non-empty id without spaces/slashes, got {v!r}.")
+    if ext not in _SUFFIXES:
+        raise ValueError(f"l2r_disp_name: `ext` must be one of {_SUFFIXES}, got {ext!r}.")
+    return f"disp_{parts[0]}_{parts[1]}{ext}"
+
+
+def write_l2r_displacement(
+    ddf: torch.Tensor | np.ndarray,
+    path: str | os.PathLike,
+    affine: np.ndarray | None = None,
+    half_resolution: bool = False,
+    dtype: type | None = np.float16,
+) -> Path:
+    """Write a DDF as a Learn2Reg displacement file (atomic: temp file + rename).
+
+    ``.nii.gz``/``.nii``: channels-last ``(*S, D)`` NIfTI (current Learn2Reg/LUMIR format).
+    ``.npz``: channels-first ``(D, *S)`` array under ``arr_0`` (Learn2Reg 2021 format).
+
+    Args:
+        ddf: ``(1, D, *S)`` (or ``(D, *S)``) displacement in voxels of the full-resolution fixed grid ``S``,
+            array order, pull-back (:mod:`common.conventions`); torch or numpy.
+        path: output file; the suffix picks the format (use :func:`l2r_disp_name` for the file name).
+        affine: 4x4 RAS affine of the fixed image, stored in the NIfTI header (scorers ignore it); default
+            identity.
+        half_resolution: store the field on the half-size grid ``S // 2`` (Learn2Reg 2021 OASIS: 3x80x96x112)
+            sampled corner-aligned (``align_corners=True``, the grid scipy's ``zoom`` uses), **keeping
+            full-resolution voxel units** (no rescaling), as the scorer upsamples x2 without rescaling. All sizes
+            of ``S`` must be even. A half-resolution network flow in half-resolution voxels must first be brought
+            to full size with :func:`common.blocks.resize_flow` (which rescales it).
+        dtype: stored dtype (default float16, which the 2021 task required); None keeps float32.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: bad shape, batch > 1, NaN/Inf, odd size with ``half_resolution``, float16 overflow, bad suffix.
+    """
+    caller = "write_l2r_displacement"
+    p = Path(path)
+    suffix = _suffix(p, caller)
+    t = torch.as_tensor(ddf)
+    if t.ndim in (3, 4) and t.shape[0] == t.ndim - 1:
+        t = t.unsqueeze(0)
+    dims = check_ddf(t, caller=caller)
+    if t.shape[0] != 1:
+        raise ValueError(f"{caller}: `ddf` must hold one pair (batch 1), got shape {tuple(t.shape)}; write one file per pair.")
+    t = t.detach().to("cpu", torch.float64)
+    aff = np.eye(4) if affine is None else as_affine(affine, 3, "affine", caller)  # NIfTI affines are 4x4
+    shape = tuple(int(s) for s in t.shape[2:])
+    if half_resolution:
+        if any(s % 2 for s in shape):
+            raise ValueError(f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {tuple(ddf.shape)}.")
+        half = tuple(s // 2 for s in shape)
+        mode = "bilinear" if dims == 2 else "trilinear"
+        t = F.interpolate(t, size=half, mode=mode, align_corners=ALIGN_CORNERS)  # values stay full-res voxels
+        # half-grid voxel i sits at full-grid voxel i * (n - 1) / (m - 1)
+        scale = np.ones(aff.shape[0])
+        scale[:dims] = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, half)]
+        aff = aff @ np.diag(scale)
+    arr = t[0].numpy()  # (D, *S)
+    out_dtype = np.float32 if dtype is None else np.dtype(dtype)
+    if out_dtype == np.float16 and np.abs(arr).max(initial=0.0) > _F16_MAX:
+        raise ValueError(f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range.")
+    arr = arr.astype(out_dtype)
+    with atomic_path(p) as tmp:
+        if suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, arr_0=arr)
+        else:
+            img = nib.Nifti1Image(np.moveaxis(arr, 0, -1), aff)
+            img.header.set_xyzt_units("mm")
+            img.header.set_data_dtype(out_dtype)
+            nib.save(img, str(tmp))
+    return p
+
+
+def read_l2r_displacement(
+    path: str | os.PathLike, full_shape: Sequence[int] | None = None, upsample_order: int = 2
+) -> torch.Tensor:
+    """Read a Learn2Reg displacement file into the project convention.
+
+    Accepts ``.nii``/``.nii.gz`` (channels-last ``(*S, D)``, also ITK-style ``(*S, 1, D)``) and ``.npz``
+    (``arr_0``; channels-first ``(D, *S)`` as in 2021, or channels-last).
+
+    Args:
+        path: displacement file.
+        full_shape: fixed image shape. If the stored field is smaller (half-resolution submissions), it is
+            upsampled per component with ``scipy.ndimage.zoom(order=upsample_order)`` and **not rescaled**,
+            replaying the Learn2Reg 2021 scorer (its values are already in full-resolution voxels).
+        upsample_order: spline order of that upsampling (2 in the official scorer).
+
+    Returns:
+        ``(1, D, *S)`` float32 displacement in voxels of the (full-resolution) fixed grid, array order.
+
+    Raises:
+        ImageReadError: missing/unreadable file, no channel axis of size D, NaN/Inf.
+        ValueError: ``full_shape`` of the wrong rank or not reachable from the stored shape.
+    """
+    caller = "read_l2r_displacement"
+    p = Path(path)
+    suffix = _suffix(p, caller)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: file not found.")
+    try:
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                if "arr_0" not in z.files:
+                    raise ImageReadError(f"{p}: .npz has no 'arr_0' array (keys: {z.files}).")
+                arr = np.asarray(z["arr_0"], dtype=np.float32)
+            if arr.ndim in (3, 4) and arr.shape[0] == arr.ndim - 1:
+                arr = np.moveaxis(arr, 0, -1)  # the LUMIR scorer's rule: channels-first if shape[0] == D
+        else:
+            arr = np.asarray(nib.load(str(p)).dataobj, dtype=np.float32)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # nibabel / numpy raise many types for damaged files
+        raise ImageReadError(f"{p}: not a readable displacement file ({type(exc).__name__}: {exc}).") from exc
+    if arr.ndim == 5 and arr.shape[3] == 1:
+        arr = arr[:, :, :, 0]  # ITK/ANTs 5D layout (X, Y, Z, 1, 3)
+    if arr.ndim not in (3, 4) or arr.shape[-1] != arr.ndim - 1:
+        raise ImageReadError(f"{p}: expected a channels-last field (*S, D) with D == len(S), got shape {arr.shape}.")
+    if not np.isfinite(arr).all():
+        raise ImageReadError(f"{p}: contains {int((~np.isfinite(arr)).sum())} NaN/Inf values.")
+    dims = arr.ndim - 1
+    comps = [arr[..., k] for k in range(dims)]
+    if full_shape is not None:
+        full = tuple(int(s) for s in full_shape)
+        if len(full) != dims:
+            raise ValueError(f"{caller}: `full_shape` {full} must have {dims} entries for field shape {arr.shape}.")
+        stored = comps[0].shape
+        if stored != full:
+            factors = [f / s for f, s in zip(full, stored)]
+            comps = [scipy.ndimage.zoom(c, factors, order=upsample_order) for c in comps]
+            if comps[0].shape != full:
+                raise ValueError(f"{caller}: cannot upsample stored shape {stored} to `full_shape` {full}.")
+    out = np.stack(comps, axis=0)[None]
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))

@@ -1,0 +1,333 @@
+"""Image similarity losses for 2D and 3D registration: SSD, global NCC, local NCC, mutual information, NGF.
+
+Every loss here returns a value to **minimise**; each docstring states sign, range and optimum. Inputs are
+``pred`` (the warped moving image) and ``target`` (the fixed image), both ``(B, C, *S)`` with 2 or 3 spatial
+dims and identical shapes; channels are compared channel by channel. An optional ``mask`` ``(B, 1, *S)`` or
+``(1, 1, *S)`` holds non-negative voxel weights (fixed-image grid). Reduction (``none|mean|sum``) goes through
+:func:`common.losses._reduction.reduce`. Invalid inputs raise ``ValueError``/``TypeError`` whose message
+starts with the class name and shows the shapes received.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from monai.losses import LocalNormalizedCrossCorrelationLoss as _MonaiLNCC
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from common.losses._checks import check_pair, check_spacing
+from common.losses._reduction import check_reduction, reduce
+
+__all__ = ["SSDLoss", "GlobalNCCLoss", "LocalNCCLoss", "MutualInformationLoss", "NGFLoss"]
+
+
+def _spatial(x: torch.Tensor) -> tuple[int, ...]:
+    return tuple(range(2, x.ndim))
+
+
+class SSDLoss(nn.Module):
+    """Mean squared intensity difference ``mean((pred - target)^2)`` (the "SSD" of most papers, averaged).
+
+    Sign, range, optimum: ``>= 0``, unbounded above (intensity units squared), ``0`` iff the images are equal
+    (on the mask's support).
+
+    Args:
+        reduction: ``"mean"`` (mask-weighted mean over voxels, channels and batch), ``"sum"`` or ``"none"``
+            (per-voxel map ``(B, C, *S)``, multiplied by the mask).
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction, type(self).__name__)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_pair(pred, target, type(self).__name__, mask)
+        return reduce((pred - target) ** 2, self.reduction, mask)
+
+
+class GlobalNCCLoss(nn.Module):
+    """``1 - NCC`` with the global normalised cross-correlation over the whole image (Zhu et al. 2020, eq. 1).
+
+    ``NCC = sum (p - mean p)(t - mean t) / sqrt(sum (p - mean p)^2 * sum (t - mean t)^2)`` per sample and
+    channel, computed in two passes (centred, so no catastrophic cancellation); with a ``mask`` the means and
+    sums are mask-weighted. Each variance is clamped at 0 *before* ``eps`` is added, so a constant image gives
+    NCC = 0 instead of NaN/Inf.
+
+    Sign, range, optimum: ``1 - NCC`` in ``[0, 2]``; ``0`` when ``pred`` is a positive affine function of
+    ``target`` (``a * target + b``, ``a > 0``), ``1`` for uncorrelated images, ``2`` for inverted contrast.
+
+    Args:
+        eps: added to each (clamped) variance, in intensity units squared.
+        reduction: over the per-sample, per-channel values ``(B, C)``.
+
+    References:
+        Zhu Z., et al. Joint affine and deformable three-dimensional networks for brain MRI
+        registration. Medical Physics 48(3), 2021 (arXiv 2020), eq. (1).
+    """
+
+    def __init__(self, eps: float = 1e-8, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction, type(self).__name__)
+        if eps <= 0:
+            raise ValueError(f"{type(self).__name__}: `eps` must be > 0, got {eps}.")
+        self.eps = float(eps)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_pair(pred, target, type(self).__name__, mask)
+        dims = _spatial(pred)
+        w = torch.ones_like(pred[:, :1]) if mask is None else mask.to(pred.dtype).expand_as(pred[:, :1])
+        total = w.sum(dim=dims).clamp_min(torch.finfo(pred.dtype).tiny)  # (B, 1)
+
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return (w * x).sum(dim=dims) / total
+
+        dp = pred - mean(pred).view(*pred.shape[:2], *([1] * len(dims)))
+        dt = target - mean(target).view(*target.shape[:2], *([1] * len(dims)))
+        cov = mean(dp * dt)
+        var_p = mean(dp * dp).clamp_min(0.0) + self.eps
+        var_t = mean(dt * dt).clamp_min(0.0) + self.eps
+        ncc = cov / torch.sqrt(var_p * var_t)
+        return reduce(1.0 - ncc, self.reduction)
+
+
+class LocalNCCLoss(nn.Module):
+    """``1 - LNCC^2``: one minus the *squared* local normalised cross-correlation (VoxelMorph's form).
+
+    The local NCC of Zhu et al. 2020 (eq. 2) is computed in a ``kernel_size``-wide window around every voxel,
+    squared as VoxelMorph and MONAI do (so inverted local contrast also counts as a match), and averaged.
+    The per-voxel map comes from MONAI's :class:`~monai.losses.LocalNormalizedCrossCorrelationLoss`
+    (``reduction="none"``), which already clamps the window variances at ``smooth_dr`` before dividing (the
+    NaN/Inf fix of MONAI issue 1868) and returns ``-LNCC^2`` (range ``[-1, 0]``). This wrapper adds:
+
+    * ``1 +`` so that the range is ``[0, 1]`` (same gradient as MONAI/VoxelMorph, values offset by 1);
+    * clamping ``LNCC^2`` to ``[0, 1]``: mathematically it is in that range (Cauchy-Schwarz), but in flat
+      windows of non-zero intensity the float32 window sums ``sum(x^2) - sum(x)^2/n`` are pure rounding noise
+      and the ratio of two noises can exceed 1 by orders of magnitude;
+    * one module for 2D and 3D, mask-weighted reduction, input validation.
+
+    Windows at the image border are zero-padded (as in MONAI and VoxelMorph) and the mask only weights the
+    per-voxel map; windows still see voxels outside the mask. Memory: about a dozen image-sized tensors
+    (forward + backward), i.e. well under 1 GB for ``1x1x160x192x224`` in float32.
+
+    Sign, range, optimum: ``[0, 1]``, ``0`` when every window of ``pred`` is a non-constant affine function of
+    the same window of ``target``.
+
+    Args:
+        kernel_size: odd window width in voxels (same along every axis).
+        kernel_type: ``"rectangular"``, ``"triangular"`` or ``"gaussian"`` window (MONAI's kernels).
+        smooth_dr: lower clamp of the window variance sums (intensity units squared).
+        reduction: ``"mean"``/``"sum"`` over voxels, channels and batch, or ``"none"`` for the ``(B, C, *S)`` map.
+
+    References:
+        Zhu Z., et al. Joint affine and deformable three-dimensional networks for brain MRI registration.
+        Medical Physics 48(3), 2021 (arXiv 2020), eq. (2).
+        Balakrishnan G., et al. VoxelMorph: a learning framework for deformable medical image registration.
+        IEEE TMI 38(8), 2019.
+    """
+
+    def __init__(
+        self, kernel_size: int = 9, kernel_type: str = "rectangular", smooth_dr: float = 1e-5, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.reduction = check_reduction(reduction, name)
+        if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"{name}: `kernel_size` must be a positive odd integer, got {kernel_size}.")
+        if kernel_type not in ("rectangular", "triangular", "gaussian"):
+            raise ValueError(f"{name}: unknown `kernel_type` {kernel_type!r}.")
+        self.kernel_size = int(kernel_size)
+        self._lncc = nn.ModuleDict(
+            {
+                str(d): _MonaiLNCC(
+                    spatial_dims=d,
+                    kernel_size=self.kernel_size,
+                    kernel_type=kernel_type,
+                    reduction="none",
+                    smooth_nr=0.0,
+                    smooth_dr=smooth_dr,
+                )
+                for d in (2, 3)
+            }
+        )
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        dims = check_pair(pred, target, type(self).__name__, mask)
+        ncc2 = self._lncc[str(dims)](pred, target).neg().clamp(0.0, 1.0)
+        return reduce(1.0 - ncc2, self.reduction, mask)
+
+
+def _parzen_joint_histogram(
+    a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None, centres: torch.Tensor, preterm: float
+) -> torch.Tensor:
+    """Unnormalised joint histogram ``(M, bins, bins)`` of rows ``a``, ``b`` ``(M, n)`` with Gaussian windows."""
+    wa = torch.softmax(-preterm * (a.unsqueeze(-1) - centres) ** 2, dim=-1)  # (M, n, bins), rows sum to 1
+    wb = torch.softmax(-preterm * (b.unsqueeze(-1) - centres) ** 2, dim=-1)
+    if w is not None:
+        wa = wa * w.unsqueeze(-1)
+    return torch.bmm(wa.transpose(1, 2), wb)
+
+
+class MutualInformationLoss(nn.Module):
+    """Negative mutual information ``-(H(A) + H(B) - H(A, B))`` from a Gaussian-Parzen joint histogram.
+
+    Intensities must lie in ``[0, 1]``: with ``normalise="minmax"`` each sample and channel is rescaled by its
+    own min and max (a constant image becomes 0); with ``normalise=None`` values outside ``[0, 1]`` (beyond a
+    ``1e-5`` rounding tolerance) raise ``ValueError``. Nothing is clamped silently, unlike MONAI's
+    :class:`~monai.losses.GlobalMutualInformationLoss` (MONAI issue 2755), which is therefore not reused. Each
+    voxel spreads a unit of mass over ``num_bins`` equally spaced bin centres in ``[0, 1]`` with Gaussian
+    weights of standard deviation ``sigma_ratio`` bin widths (normalised per voxel); the joint histogram is
+    ``sum_n w_n * wa_n^T wb_n``, marginals are its row/column sums, and
+    ``H(p) = -sum p log(p + eps)``.
+
+    Memory: the ``(N voxels x bins)`` window weights are built ``chunk_size`` voxels at a time and the joint
+    histogram is accumulated with one matmul per chunk; under autograd each chunk is checkpointed, so the
+    backward pass recomputes one chunk at a time and no ``N x bins`` (let alone ``N x bins x bins``) tensor
+    is ever alive. For ``1x1x160x192x224`` with 32 bins the forward + backward peak is a few hundred MB
+    (see the slow test in ``tests/losses``).
+
+    Sign, range, optimum: ``-MI`` in ``[-log(num_bins), 0]`` (nats); ``0`` for independent images, minimal
+    (``-H(A)``, the Parzen entropy of the image) when one image is a bijective function of the other.
+    Invariant to any increasing linear remapping of either image under ``normalise="minmax"`` and, up to
+    binning effects, to monotonic non-linear remappings.
+
+    Args:
+        num_bins: number of histogram bins per image.
+        sigma_ratio: Parzen window standard deviation in bin widths.
+        normalise: ``"minmax"`` or ``None`` (require inputs in ``[0, 1]``).
+        eps: added inside the logarithms.
+        chunk_size: voxels per chunk of the histogram computation.
+        reduction: over the per-sample, per-channel values ``(B, C)``.
+
+    References:
+        Han L., Dou H., Huang Y., Yap P.-T. Deformable registration of brain MR images via a hybrid loss.
+        arXiv:2110.15027, 2021.
+        Viola P., Wells W. M. Alignment by maximization of mutual information. IJCV 24, 1997.
+    """
+
+    def __init__(
+        self,
+        num_bins: int = 32,
+        sigma_ratio: float = 0.5,
+        normalise: str | None = None,
+        eps: float = 1e-10,
+        chunk_size: int = 2**16,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.reduction = check_reduction(reduction, name)
+        if int(num_bins) != num_bins or num_bins < 2:
+            raise ValueError(f"{name}: `num_bins` must be an integer >= 2, got {num_bins}.")
+        if sigma_ratio <= 0 or eps <= 0 or chunk_size < 1:
+            raise ValueError(
+                f"{name}: `sigma_ratio`, `eps` and `chunk_size` must be > 0, got {sigma_ratio}, {eps}, {chunk_size}."
+            )
+        if normalise not in (None, "minmax"):
+            raise ValueError(f"{name}: `normalise` must be None or 'minmax', got {normalise!r}.")
+        self.num_bins = int(num_bins)
+        self.normalise = normalise
+        self.eps = float(eps)
+        self.chunk_size = int(chunk_size)
+        sigma = sigma_ratio / (self.num_bins - 1)
+        self.preterm = 1.0 / (2.0 * sigma * sigma)
+        self.register_buffer("centres", torch.linspace(0.0, 1.0, self.num_bins), persistent=False)
+
+    def _prepare(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        flat = x.flatten(2).flatten(0, 1)  # (B*C, N)
+        if self.normalise == "minmax":
+            lo = flat.amin(dim=1, keepdim=True)
+            hi = flat.amax(dim=1, keepdim=True)
+            return (flat - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).eps)
+        lo, hi = float(flat.min()), float(flat.max())
+        if lo < -1e-5 or hi > 1.0 + 1e-5:
+            raise ValueError(
+                f"{type(self).__name__}: `{name}` has values in [{lo:.4g}, {hi:.4g}] outside [0, 1] (shape "
+                f"{tuple(x.shape)}); rescale the images or pass normalise='minmax' (values are never clamped)."
+            )
+        return flat
+
+    def joint_histogram(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalised joint histogram ``(B * C, bins, bins)`` (rows: ``pred`` bins, columns: ``target`` bins)."""
+        check_pair(pred, target, type(self).__name__, mask)
+        a, b = self._prepare(pred, "pred"), self._prepare(target, "target")
+        w = None
+        if mask is not None:
+            m = mask.to(pred.dtype).expand(pred.shape[0], pred.shape[1], *pred.shape[2:])
+            w = m.flatten(2).flatten(0, 1)
+        centres = self.centres.to(a)
+        fn = functools.partial(_parzen_joint_histogram, centres=centres, preterm=self.preterm)
+        use_ckpt = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+        hist = a.new_zeros(a.shape[0], self.num_bins, self.num_bins)
+        for s in range(0, a.shape[1], self.chunk_size):
+            sl = slice(s, s + self.chunk_size)
+            args = (a[:, sl], b[:, sl], None if w is None else w[:, sl])
+            hist = hist + (checkpoint(fn, *args, use_reentrant=False) if use_ckpt else fn(*args))
+        if w is None:
+            return hist / a.shape[1]
+        return hist / w.sum(dim=1).clamp_min(torch.finfo(a.dtype).tiny).view(-1, 1, 1)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        p_ab = self.joint_histogram(pred, target, mask)
+
+        def entropy(p: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+            return -(p * torch.log(p + self.eps)).sum(dim=dims)
+
+        mi = entropy(p_ab.sum(2), (1,)) + entropy(p_ab.sum(1), (1,)) - entropy(p_ab, (1, 2))
+        return reduce(-mi.view(pred.shape[0], pred.shape[1]), self.reduction)
+
+
+class NGFLoss(nn.Module):
+    """Normalised gradient fields distance (Haber & Modersitzki 2007, as used by Hering et al. 2019).
+
+    Per voxel ``1 - (<g_p, g_t> + eps^2)^2 / ((|g_p|^2 + eps^2) (|g_t|^2 + eps^2))`` with ``g = grad image``
+    in intensity per mm: central differences inside, one-sided at the border (:func:`torch.gradient`),
+    divided by ``spacing``. This is one minus the squared cosine between the extended vectors ``(g_p, eps)``
+    and ``(g_t, eps)``; the squared cosine makes it invariant to contrast inversion, and, for gradients much
+    larger than ``eps``, to any monotonic intensity remapping.
+
+    The edge parameter ``eps`` (intensity per mm) separates edges from noise: gradients with ``|g| >> eps``
+    count by direction only, those with ``|g| << eps`` are treated as flat; two flat regions count as aligned
+    (value 0), which is what the ``+ eps^2`` in the numerator (Hering et al.'s form) adds to Haber &
+    Modersitzki's ``<n_p, n_t>^2``. Choose ``eps`` around the noise level of the gradient magnitude (e.g.
+    0.1 for images in ``[0, 1]`` at 1 mm).
+
+    Sign, range, optimum: ``[0, 1]``; ``0`` when the gradients are parallel or anti-parallel everywhere.
+
+    Args:
+        epsilon: edge parameter ``eps`` in intensity units per mm.
+        spacing: voxel size in mm along each spatial axis (array order); None means 1 mm.
+        reduction: ``"mean"``/``"sum"`` over voxels, channels and batch, or ``"none"`` for the ``(B, C, *S)`` map.
+
+    References:
+        Haber E., Modersitzki J. Intensity gradient based registration and fusion of multi-modal images.
+        Methods of Information in Medicine 46(3), 2007.
+        Hering A., van Ginneken B., Heldmann S. mlVIRNET: multilevel variational image registration network.
+        MICCAI 2019.
+    """
+
+    def __init__(self, epsilon: float = 0.1, spacing: Sequence[float] | None = None, reduction: str = "mean") -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.reduction = check_reduction(reduction, name)
+        if epsilon <= 0:
+            raise ValueError(f"{name}: `epsilon` must be > 0, got {epsilon}.")
+        self.epsilon = float(epsilon)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        name = type(self).__name__
+        dims = check_pair(pred, target, name, mask, min_size=2)
+        spacing = list(check_spacing(self.spacing, dims, name))
+        axes = _spatial(pred)
+        gp = torch.gradient(pred, spacing=spacing, dim=axes)
+        gt = torch.gradient(target, spacing=spacing, dim=axes)
+        e2 = self.epsilon**2
+        dot = sum(p * t for p, t in zip(gp, gt)) + e2
+        norm_p = sum(p * p for p in gp) + e2
+        norm_t = sum(t * t for t in gt) + e2
+        return reduce(1.0 - dot * dot / (norm_p * norm_t), self.reduction, mask)
