@@ -1,1 +1,37 @@
-"""common.engines"""
+"""Engines glue: pair batching, registration losses for Ignite trainers, inference I/O, geometry."""
+
+from __future__ import annotations
+
+from common.engines.inference import (
+    LoadRegistrationPaird,
+    RegistrationSummaryHandler,
+    SaveRegistrationOutputsd,
+    normalise_intensity,
+    pair_datalist,
+)
+from common.engines.registration import (
+    BSplineToDDF,
+    IdentityToDDF,
+    PairPrepareBatch,
+    PredToDDF,
+    RegistrationEvalPostprocess,
+    RegistrationLoss,
+    ResizeToDDF,
+    SVFToDDF,
+)
+
+__all__ = [
+    "BSplineToDDF",
+    "IdentityToDDF",
+    "LoadRegistrationPaird",
+    "PairPrepareBatch",
+    "PredToDDF",
+    "RegistrationEvalPostprocess",
+    "RegistrationLoss",
+    "RegistrationSummaryHandler",
+    "ResizeToDDF",
+    "SVFToDDF",
+    "SaveRegistrationOutputsd",
+    "normalise_intensity",
+    "pair_datalist",
+]

@@ -1,1 +1,7 @@
-"""common.networks"""
+"""Networks, one module per method, plus shared U-Net parts."""
+
+from __future__ import annotations
+
+from common.networks.voxelmorph import FlowHead, RegUNet
+
+__all__ = ["FlowHead", "RegUNet"]

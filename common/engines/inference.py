@@ -1,0 +1,312 @@
+"""Bundle inference as MONAI components: a pair-loading transform, an output-writing postprocessing transform
+and a summary handler, driven by MONAI's ``SupervisedEvaluator`` (so ``monai.bundle run`` and the bundle
+property checks work unchanged).
+
+Flow for each pair (any orientation/spacing; see :mod:`common.engines.geometry`):
+
+1. :class:`LoadRegistrationPaird` reads the files (clear errors naming the file), builds the network grid from
+   the fixed image (training orientation and spacing), resamples both images onto it and scales intensities
+   to [0, 1] with percentiles (the same rule as training, :func:`normalise_intensity`);
+2. the evaluator runs the network on ``[moving, fixed]``;
+3. :class:`SaveRegistrationOutputsd` turns the prediction into a displacement on the network grid, maps it to
+   the fixed image's own grid (vectors rescaled through mm) and writes, each file atomically: the warped moving
+   image in the fixed geometry, warped moving labels (one-hot linear warp), the Learn2Reg displacement file,
+   the ITK displacement field (loads in 3D Slicer as a transform), a QC PNG and a metrics JSON;
+4. :class:`RegistrationSummaryHandler` writes ``summary.csv`` over all pairs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Transform
+
+from common.blocks import one_hot
+from common.engines.geometry import ddf_to_fixed_grid, network_grid, resample_to_grid, warp_to_fixed
+from common.engines.registration import PredToDDF
+from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
+
+__all__ = [
+    "normalise_intensity",
+    "pair_datalist",
+    "LoadRegistrationPaird",
+    "SaveRegistrationOutputsd",
+    "RegistrationSummaryHandler",
+]
+
+
+def normalise_intensity(image: np.ndarray | torch.Tensor, lower: float = 0.5, upper: float = 99.5):
+    """Linear map of the [lower, upper] percentiles to [0, 1], values outside clipped (documented, deliberate)."""
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    lo, hi = np.percentile(arr, [lower, upper])
+    if not hi > lo:
+        raise ValueError(f"normalise_intensity: image is constant (all voxels ~{float(lo):.4g}); nothing to register.")
+    out = np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return torch.as_tensor(out) if isinstance(image, torch.Tensor) else out
+
+
+def pair_datalist(
+    moving: str | None = None,
+    fixed: str | None = None,
+    moving_label: str | None = None,
+    fixed_label: str | None = None,
+    datalist: str | None = None,
+    section: str = "test",
+) -> list[dict[str, Any]]:
+    """One pair from paths, or the pairs of a datalist JSON (``{"test": [{"moving_image": ..., ...}]}``)."""
+    if datalist:
+        p = Path(datalist)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{p}: datalist not found.") from exc
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}: not valid JSON ({exc}).") from exc
+        items = data.get(section) if isinstance(data, dict) else data
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{p}: expected a non-empty list under '{section}' (or a top-level list).")
+        base = p.parent
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "moving_image" not in item or "fixed_image" not in item:
+                raise ValueError(f"{p}: entry {i} of '{section}' needs 'moving_image' and 'fixed_image'.")
+            out.append({k: (str(base / v) if isinstance(v, str) and not os.path.isabs(v) else v) for k, v in item.items()})
+        return out
+    if not moving or not fixed:
+        raise ValueError("pair_datalist: give --moving and --fixed image paths, or --datalist.")
+    item = {"moving_image": str(moving), "fixed_image": str(fixed)}
+    if moving_label:
+        item["moving_label"] = str(moving_label)
+    if fixed_label:
+        item["fixed_label"] = str(fixed_label)
+    return [item]
+
+
+class LoadRegistrationPaird(MapTransform):
+    """Read a moving/fixed pair (+ optional labels) and put both images on the network grid.
+
+    Args:
+        spacing: training spacing in mm (array order of ``axcodes``).
+        axcodes: training orientation (e.g. ``"LIA"``); None keeps the fixed image's.
+        multiple: pad/crop the network grid to a multiple of this.
+        shape: exact network grid shape instead of ``multiple``.
+        spatial_dims: 2 or 3.
+        max_voxels: refuse images whose network grid would exceed this many voxels (clear message, no OOM kill).
+    """
+
+    def __init__(
+        self,
+        spacing: Sequence[float],
+        axcodes: str | None = None,
+        multiple: int = 16,
+        shape: Sequence[int] | None = None,
+        spatial_dims: int = 3,
+        max_voxels: int = 64_000_000,
+    ) -> None:
+        super().__init__(keys=["moving_image", "fixed_image"])
+        self.spacing, self.axcodes, self.multiple = tuple(spacing), axcodes, multiple
+        self.shape, self.dims, self.max_voxels = shape, spatial_dims, max_voxels
+
+    def _read(self, path: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+        arr, aff = read_nifti(path, ndim=self.dims)
+        if self.dims == 2 and aff.shape == (4, 4):
+            aff = np.delete(np.delete(aff, 2, 0), 2, 1)
+        return arr, aff
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        mov, mov_aff = self._read(d["moving_image"], "moving")
+        fix, fix_aff = self._read(d["fixed_image"], "fixed")
+        for arr, key in ((mov, "moving_image"), (fix, "fixed_image")):
+            if float(arr.max()) == float(arr.min()):
+                raise ImageReadError(f"{d[key]}: image is constant ({float(arr.min()):.4g} everywhere); nothing to register.")
+        net_aff, net_shape = network_grid(fix_aff, fix.shape, self.spacing, self.axcodes, self.multiple, self.shape)
+        if int(np.prod(net_shape)) > self.max_voxels:
+            raise ImageReadError(
+                f"{d['fixed_image']}: network grid {net_shape} ({np.prod(net_shape) / 1e6:.0f} M voxels, about "
+                f"{np.prod(net_shape) * 4 * 60 / 2**30:.0f} GiB to process) exceeds the {self.max_voxels / 1e6:.0f} M "
+                "voxel limit; check the header spacing or crop the image."
+            )
+        t_mov = torch.as_tensor(normalise_intensity(mov))[None, None]
+        t_fix = torch.as_tensor(normalise_intensity(fix))[None, None]
+        d["moving_image"] = resample_to_grid(t_mov, mov_aff, net_aff, net_shape)[0]
+        d["fixed_image"] = resample_to_grid(t_fix, fix_aff, net_aff, net_shape)[0]
+        d["geometry"] = {
+            "net_affine": torch.as_tensor(net_aff),
+            "fixed_affine": torch.as_tensor(fix_aff),
+            "moving_affine": torch.as_tensor(mov_aff),
+            "fixed_shape": torch.as_tensor(fix.shape),
+        }
+        d["paths"] = {k: str(data[k]) for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if data.get(k)}
+        for key in ("moving_label", "fixed_label"):
+            d.pop(key, None)  # read on the original grids at output time
+        return d
+
+
+def _pair_name(paths: dict[str, str]) -> str:
+    def stem(p: str) -> str:
+        name = Path(p).name
+        for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    return f"{stem(paths['moving_image'])}_to_{stem(paths['fixed_image'])}"
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+
+class SaveRegistrationOutputsd(Transform):
+    """Evaluator postprocessing (decollated items): map the field to the fixed grid and write every output.
+
+    Args:
+        pred_to_ddf: turns ``pred`` into a displacement on the network grid.
+        output_dir: folder; each pair gets ``<moving>_to_<fixed>/``.
+        overwrite: replace existing outputs (default: refuse, naming the folder).
+        write_itk / write_l2r / write_qc: optional outputs.
+        extra_outputs: callable ``(item, ddf_net) -> dict[name, (array (C or 1, *S_net))]`` for method-specific
+            maps (e.g. an uncertainty map); they are resampled to the fixed grid and written as NIfTI.
+    """
+
+    def __init__(
+        self,
+        pred_to_ddf: PredToDDF,
+        output_dir: str,
+        overwrite: bool = False,
+        write_itk: bool = True,
+        write_l2r: bool = True,
+        write_qc: bool = True,
+        extra_outputs: Any = None,
+    ) -> None:
+        self.pred_to_ddf = pred_to_ddf
+        self.output_dir = Path(output_dir)
+        self.overwrite, self.write_itk, self.write_l2r, self.write_qc = overwrite, write_itk, write_l2r, write_qc
+        self.extra_outputs = extra_outputs
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from common.io.itk_field import write_itk_displacement
+        from common.io.l2r import write_l2r_displacement
+        from common.io.qc import save_qc_figure
+        from common.metrics import dice_per_label, percent_folding, sdlogj
+
+        start = time.perf_counter()
+        geo = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in item["geometry"].items()}
+        paths = item["paths"]
+        out = self.output_dir / _pair_name(paths)
+        if out.exists() and any(out.iterdir()) and not self.overwrite:
+            raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite true to replace it.")
+        pred = item["pred"]
+        pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
+        net_shape = tuple(item["fixed_image"].shape[1:])
+        with torch.no_grad():
+            ddf_net = self.pred_to_ddf(pred[None].float(), net_shape)
+            fixed_shape = tuple(int(s) for s in geo["fixed_shape"])
+            ddf = ddf_to_fixed_grid(ddf_net, geo["net_affine"], geo["fixed_affine"], fixed_shape)
+        dims = ddf.shape[1]
+        moving, _ = read_nifti(paths["moving_image"], ndim=dims)
+        fixed, _ = read_nifti(paths["fixed_image"], ndim=dims)
+        t_mov = torch.as_tensor(moving)[None, None]
+        warped = warp_to_fixed(t_mov, geo["moving_affine"], ddf, geo["fixed_affine"])[0, 0].numpy()
+        unwarped = warp_to_fixed(t_mov, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"])[0, 0].numpy()
+        out.mkdir(parents=True, exist_ok=True)
+        written = {"warped_image": str(write_nifti(warped, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped.nii.gz"))}
+        metrics: dict[str, Any] = {
+            "ncc_before": _ncc(unwarped, fixed),
+            "ncc_after": _ncc(warped, fixed),
+            "sdlogj": float(sdlogj(ddf[0].numpy())),
+            "percent_folding": float(percent_folding(ddf[0].numpy())),
+        }
+        if paths.get("moving_label"):
+            labels, _ = read_nifti(paths["moving_label"], ndim=dims, dtype=None)
+            labels = np.rint(labels).astype(np.int64)
+            codes = np.unique(labels)
+            idx = np.searchsorted(codes, labels)
+            oh = one_hot(torch.as_tensor(idx)[None, None], len(codes), dtype=torch.float32)
+            soft = warp_to_fixed(oh, geo["moving_affine"], ddf, geo["fixed_affine"])
+            warped_labels = codes[soft.argmax(1)[0].numpy()].astype(np.int32)
+            written["warped_label"] = str(write_nifti(warped_labels, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped_label.nii.gz"))
+            if paths.get("fixed_label"):
+                fixed_labels, _ = read_nifti(paths["fixed_label"], ndim=dims, dtype=None)
+                fixed_labels = np.rint(fixed_labels).astype(np.int64)
+                before = codes[warp_to_fixed(oh, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"]).argmax(1)[0].numpy()]
+                d_after = dice_per_label(warped_labels, fixed_labels)
+                d_before = dice_per_label(before, fixed_labels)
+                metrics["dice_before"] = float(np.mean(list(_dice_values(d_before)))) if _dice_values(d_before) else None
+                metrics["dice_after"] = float(np.mean(list(_dice_values(d_after)))) if _dice_values(d_after) else None
+        if self.write_l2r:
+            written["l2r_displacement"] = str(write_l2r_displacement(ddf, out / "disp.nii.gz", affine=_aff4(geo)))
+        if self.write_itk and dims == 3:
+            written["itk_displacement"] = str(write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz"))
+        if self.extra_outputs is not None:
+            for name, arr in self.extra_outputs(item, ddf_net).items():
+                t = torch.as_tensor(arr)[None].float()
+                res = resample_to_grid(t, geo["net_affine"], geo["fixed_affine"], fixed_shape)[0]
+                written[name] = str(write_nifti(res[0].numpy(), geo["fixed_affine"], out / f"{name}.nii.gz"))
+        metrics["seconds_postprocess"] = time.perf_counter() - start
+        if self.write_qc:
+            written["qc"] = str(save_qc_figure(fixed, moving if moving.shape == fixed.shape else unwarped, warped, ddf, out / "qc.png", title=_pair_name(paths), metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")}))
+        with atomic_path(out / "metrics.json") as tmp:
+            tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
+        item["registration"] = {"name": _pair_name(paths), "out_dir": str(out), **metrics}
+        return item
+
+
+def _dice_values(result: Any) -> list[float]:
+    per = result.get("per_label", result) if isinstance(result, dict) else result
+    return [float(v) for v in per.values() if v is not None and np.isfinite(v)]
+
+
+def _aff4(geo: dict[str, np.ndarray]) -> np.ndarray:
+    aff = geo["fixed_affine"]
+    if aff.shape == (4, 4):
+        return aff
+    return _aff3(geo)
+
+
+def _aff3(geo: dict[str, np.ndarray]) -> np.ndarray:
+    aff = geo["fixed_affine"]
+    full = np.eye(4)
+    full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
+    return full
+
+
+class RegistrationSummaryHandler:
+    """Ignite handler: collects each pair's ``registration`` record and writes ``summary.csv`` at the end."""
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = Path(output_dir)
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        for it in items:
+            if isinstance(it, dict) and "registration" in it:
+                self.rows.append(dict(it["registration"]))
+
+    def _write(self, engine) -> None:
+        if not self.rows:
+            return
+        keys = sorted({k for r in self.rows for k in r})
+        keys = ["name", *[k for k in keys if k != "name"]]
+        with atomic_path(self.output_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
