@@ -74,8 +74,8 @@ def ddf_array(ddf: Any, caller: str, name: str = "ddf") -> np.ndarray:
         arr = arr[None]
     if arr.ndim == 5 and arr.shape[0] != 1:
         raise ValueError(
-            f"{caller}: `{name}` must hold a single field, shape (D, *S) or (1, D, *S), got shape {arr.shape}; "
-            "loop over the batch."
+            f"{caller}: `{name}` must hold a single field, shape (D, *S) or (1, D, *S), "
+            f"got shape {arr.shape}; loop over the batch."
         )
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{caller}: `{name}` must be a real-valued field, got dtype {arr.dtype}.")

@@ -11,9 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from common.blocks.jacobian import jacobian_determinant as _jacdet_torch
 from common.metrics._validation import ddf_array, mask_array
 
 __all__ = [
@@ -27,10 +25,28 @@ __all__ = [
 _Offsets = tuple[tuple[int, ...], tuple[int, ...]]
 
 
+def _central_det(u: np.ndarray, caller: str) -> np.ndarray:
+    """Central-difference ``det(I + grad u)`` of a validated ``(D, *S)`` float64 field.
+
+    Same scheme as :func:`common.blocks.jacobian.jacobian_matrix` (central differences inside, first-order
+    one-sided at the edge; a test pins the equality) but with ``np.gradient`` and an explicit determinant:
+    on a 160x224x192 field this takes ~3 s instead of ~8 s with ``torch.gradient`` + ``torch.linalg.det``.
+    """
+    dims = u.shape[0]
+    if min(u.shape[1:]) < 2:
+        raise ValueError(f"{caller}: `ddf` needs at least 2 voxels along every axis, got grid {u.shape[1:]}.")
+    cols = []
+    for j in range(dims):  # column j = d phi / d x_j
+        col = np.stack([np.gradient(u[k], axis=j) for k in range(dims)])
+        col[j] += 1.0
+        cols.append(col)
+    return _det(cols)
+
+
 def jacobian_determinant(ddf: Any) -> np.ndarray:
     """``det(I + grad u)`` per voxel with central differences (one-sided at the image edge).
 
-    Uses :func:`common.blocks.jacobian.jacobian_determinant` (``torch.gradient``).
+    Same values as :func:`common.blocks.jacobian.jacobian_determinant`, computed in float64 NumPy.
 
     Args:
         ddf: displacement in voxels, ``(D, *S)`` or ``(1, D, *S)``, D in {2, 3}.
@@ -39,7 +55,7 @@ def jacobian_determinant(ddf: Any) -> np.ndarray:
         float64 array of shape ``S``; values <= 0 mark folding.
     """
     u = ddf_array(ddf, "jacobian_determinant")
-    return _jacdet_torch(torch.from_numpy(u)[None])[0].numpy()
+    return _central_det(u, "jacobian_determinant")
 
 
 def sdlogj(ddf: Any, crop: int = 2) -> float:
@@ -64,7 +80,7 @@ def sdlogj(ddf: Any, crop: int = 2) -> float:
     shape = u.shape[1:]
     if any(n <= 2 * crop for n in shape):
         raise ValueError(f"sdlogj: `crop`={crop} leaves no voxel of the field's grid {tuple(shape)}.")
-    det = _jacdet_torch(torch.from_numpy(u)[None])[0].numpy()
+    det = _central_det(u, "sdlogj")
     det = det[tuple(slice(crop, n - crop) for n in shape)]
     return float(np.log(np.clip(det + 3.0, 1e-9, 1e9)).std())
 
@@ -78,7 +94,7 @@ def percent_folding(ddf: Any, mask: Any = None) -> float:
     """
     u = ddf_array(ddf, "percent_folding")
     m = mask_array(mask, u.shape[1:], "percent_folding")
-    det = _jacdet_torch(torch.from_numpy(u)[None])[0].numpy()
+    det = _central_det(u, "percent_folding")
     return float(100.0 * np.count_nonzero((det <= 0) & m) / np.count_nonzero(m))
 
 
@@ -106,7 +122,11 @@ def _det(cols: list[np.ndarray]) -> np.ndarray:
         a, b = cols
         return a[0] * b[1] - a[1] * b[0]
     a, b, c = cols
-    return a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2]) + a[2] * (b[0] * c[1] - b[1] * c[0])
+    return (
+        a[0] * (b[1] * c[2] - b[2] * c[1])
+        + a[1] * (b[2] * c[0] - b[0] * c[2])
+        + a[2] * (b[0] * c[1] - b[1] * c[0])
+    )
 
 
 def non_diffeomorphic_volume_map(ddf: Any, chunk: int = 16) -> np.ndarray:

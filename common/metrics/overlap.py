@@ -152,4 +152,3 @@ def mean_dice(pred: Any, ref: Any, labels: Sequence[int] | None = None, *, movin
     """Mean of :func:`dice_per_label` over the scored labels; ``nan`` when every label was skipped."""
     scores = dice_per_label(pred, ref, labels, moving=moving)
     return float(np.mean(list(scores.values()))) if scores else float("nan")
-

@@ -39,8 +39,12 @@ __all__ = ["surface_distances", "hd95", "assd", "mean_hd95"]
 
 
 def _dims(arr: np.ndarray, spacing: float | Sequence[float] | None) -> int:
+    """Spatial rank: ``len(spacing)`` when the map fits it (leading singleton axes dropped), else the
+    map's rank after dropping leading singleton axes beyond 3 (so a bad spacing is reported as such)."""
     if spacing is not None and not isinstance(spacing, int | float):
-        return len(np.asarray(spacing).ravel())
+        n = len(np.asarray(spacing).ravel())
+        if n <= arr.ndim and all(s == 1 for s in arr.shape[: arr.ndim - n]):
+            return n
     a = arr
     while a.ndim > 3 and a.shape[0] == 1:
         a = a[0]
