@@ -142,7 +142,9 @@ def resize_scale_factors(old_shape: Sequence[int], new_shape: Sequence[int]) -> 
     out = []
     for n, m in zip(old_shape, new_shape):
         if n < 1 or m < 1:
-            raise ValueError(f"resize_scale_factors: sizes must be positive, got {tuple(old_shape)} -> {tuple(new_shape)}.")
+            raise ValueError(
+                f"resize_scale_factors: sizes must be positive, got {tuple(old_shape)} -> {tuple(new_shape)}."
+            )
         out.append((m - 1) / (n - 1) if n > 1 else float(m) / float(n))
     return out
 

@@ -34,7 +34,9 @@ def resize_flow(ddf: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     dims = check_ddf(ddf, caller="resize_flow", finite=False)
     size = tuple(int(s) for s in size)
     if len(size) != dims:
-        raise ValueError(f"resize_flow: `size` {size} must have {dims} entries for a field of shape {tuple(ddf.shape)}.")
+        raise ValueError(
+            f"resize_flow: `size` {size} must have {dims} entries for a field of shape {tuple(ddf.shape)}."
+        )
     if tuple(ddf.shape[2:]) == size:
         return ddf
     mode = "bilinear" if dims == 2 else "trilinear"

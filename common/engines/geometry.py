@@ -26,7 +26,14 @@ import torch
 from common.blocks.warp import sample_at
 from common.conventions import identity_grid
 
-__all__ = ["network_grid", "grid_coords", "resample_to_grid", "ddf_to_fixed_grid", "warp_to_fixed", "world_ddf"]
+__all__ = [
+    "network_grid",
+    "grid_coords",
+    "resample_to_grid",
+    "ddf_to_fixed_grid",
+    "warp_to_fixed",
+    "world_ddf",
+]
 
 
 def network_grid(
@@ -53,7 +60,9 @@ def network_grid(
     fixed_affine = np.asarray(fixed_affine, dtype=np.float64)
     dims = len(fixed_shape)
     if fixed_affine.shape != (dims + 1, dims + 1):
-        raise ValueError(f"network_grid: affine {fixed_affine.shape} does not fit a {dims}D shape {tuple(fixed_shape)}.")
+        raise ValueError(
+            f"network_grid: affine {fixed_affine.shape} does not fit a {dims}D shape {tuple(fixed_shape)}."
+        )
     if len(spacing) != dims or min(spacing) <= 0:
         raise ValueError(f"network_grid: `spacing` must be {dims} positive numbers, got {tuple(spacing)}.")
     aff, shp = fixed_affine, np.array(fixed_shape, dtype=int)

@@ -78,7 +78,9 @@ def pair_datalist(
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "moving_image" not in item or "fixed_image" not in item:
                 raise ValueError(f"{p}: entry {i} of '{section}' needs 'moving_image' and 'fixed_image'.")
-            out.append({k: (str(base / v) if isinstance(v, str) and not os.path.isabs(v) else v) for k, v in item.items()})
+            out.append(
+                {k: (str(base / v) if isinstance(v, str) and not os.path.isabs(v) else v) for k, v in item.items()}
+            )
         return out
     if not moving or not fixed:
         raise ValueError("pair_datalist: give --moving and --fixed image paths, or --datalist.")
@@ -127,7 +129,9 @@ class LoadRegistrationPaird(MapTransform):
         fix, fix_aff = self._read(d["fixed_image"], "fixed")
         for arr, key in ((mov, "moving_image"), (fix, "fixed_image")):
             if float(arr.max()) == float(arr.min()):
-                raise ImageReadError(f"{d[key]}: image is constant ({float(arr.min()):.4g} everywhere); nothing to register.")
+                raise ImageReadError(
+                    f"{d[key]}: image is constant ({float(arr.min()):.4g} everywhere); nothing to register."
+                )
         net_aff, net_shape = network_grid(fix_aff, fix.shape, self.spacing, self.axcodes, self.multiple, self.shape)
         if int(np.prod(net_shape)) > self.max_voxels:
             raise ImageReadError(
@@ -145,7 +149,9 @@ class LoadRegistrationPaird(MapTransform):
             "moving_affine": torch.as_tensor(mov_aff),
             "fixed_shape": torch.as_tensor(fix.shape),
         }
-        d["paths"] = {k: str(data[k]) for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if data.get(k)}
+        d["paths"] = {
+            k: str(data[k]) for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if data.get(k)
+        }
         for key in ("moving_label", "fixed_label"):
             d.pop(key, None)  # read on the original grids at output time
         return d
@@ -191,7 +197,12 @@ class SaveRegistrationOutputsd(Transform):
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
         self.output_dir = Path(output_dir)
-        self.overwrite, self.write_itk, self.write_l2r, self.write_qc = overwrite, write_itk, write_l2r, write_qc
+        self.overwrite, self.write_itk, self.write_l2r, self.write_qc = (
+            overwrite,
+            write_itk,
+            write_l2r,
+            write_qc,
+        )
         self.extra_outputs = extra_outputs
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +231,11 @@ class SaveRegistrationOutputsd(Transform):
         warped = warp_to_fixed(t_mov, geo["moving_affine"], ddf, geo["fixed_affine"])[0, 0].numpy()
         unwarped = warp_to_fixed(t_mov, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"])[0, 0].numpy()
         out.mkdir(parents=True, exist_ok=True)
-        written = {"warped_image": str(write_nifti(warped, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped.nii.gz"))}
+        written = {
+            "warped_image": str(
+                write_nifti(warped, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped.nii.gz")
+            )
+        }
         metrics: dict[str, Any] = {
             "ncc_before": _ncc(unwarped, fixed),
             "ncc_after": _ncc(warped, fixed),
@@ -235,19 +250,33 @@ class SaveRegistrationOutputsd(Transform):
             oh = one_hot(torch.as_tensor(idx)[None, None], len(codes), dtype=torch.float32)
             soft = warp_to_fixed(oh, geo["moving_affine"], ddf, geo["fixed_affine"])
             warped_labels = codes[soft.argmax(1)[0].numpy()].astype(np.int32)
-            written["warped_label"] = str(write_nifti(warped_labels, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped_label.nii.gz"))
+            written["warped_label"] = str(
+                write_nifti(
+                    warped_labels,
+                    geo["fixed_affine"] if dims == 3 else _aff3(geo),
+                    out / "warped_label.nii.gz",
+                )
+            )
             if paths.get("fixed_label"):
                 fixed_labels, _ = read_nifti(paths["fixed_label"], ndim=dims, dtype=None)
                 fixed_labels = np.rint(fixed_labels).astype(np.int64)
-                before = codes[warp_to_fixed(oh, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"]).argmax(1)[0].numpy()]
+                before = codes[
+                    warp_to_fixed(oh, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"])
+                    .argmax(1)[0]
+                    .numpy()
+                ]
                 d_after = dice_per_label(warped_labels, fixed_labels)
                 d_before = dice_per_label(before, fixed_labels)
-                metrics["dice_before"] = float(np.mean(list(_dice_values(d_before)))) if _dice_values(d_before) else None
+                metrics["dice_before"] = (
+                    float(np.mean(list(_dice_values(d_before)))) if _dice_values(d_before) else None
+                )
                 metrics["dice_after"] = float(np.mean(list(_dice_values(d_after)))) if _dice_values(d_after) else None
         if self.write_l2r:
             written["l2r_displacement"] = str(write_l2r_displacement(ddf, out / "disp.nii.gz", affine=_aff4(geo)))
         if self.write_itk and dims == 3:
-            written["itk_displacement"] = str(write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz"))
+            written["itk_displacement"] = str(
+                write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz")
+            )
         if self.extra_outputs is not None:
             for name, arr in self.extra_outputs(item, ddf_net).items():
                 t = torch.as_tensor(arr)[None].float()
@@ -255,7 +284,17 @@ class SaveRegistrationOutputsd(Transform):
                 written[name] = str(write_nifti(res[0].numpy(), geo["fixed_affine"], out / f"{name}.nii.gz"))
         metrics["seconds_postprocess"] = time.perf_counter() - start
         if self.write_qc:
-            written["qc"] = str(save_qc_figure(fixed, moving if moving.shape == fixed.shape else unwarped, warped, ddf, out / "qc.png", title=_pair_name(paths), metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")}))
+            written["qc"] = str(
+                save_qc_figure(
+                    fixed,
+                    moving if moving.shape == fixed.shape else unwarped,
+                    warped,
+                    ddf,
+                    out / "qc.png",
+                    title=_pair_name(paths),
+                    metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")},
+                )
+            )
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
         item["registration"] = {"name": _pair_name(paths), "out_dir": str(out), **metrics}

@@ -54,7 +54,11 @@ class PairPrepareBatch(PrepareBatch):
         self.keys = tuple(keys)
 
     def __call__(
-        self, batchdata: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+        self,
+        batchdata: dict[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         moving_key, fixed_key = self.keys[0], self.keys[1]
         for key in (moving_key, fixed_key):

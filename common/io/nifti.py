@@ -19,7 +19,10 @@ class ImageReadError(ValueError):
 
 
 def read_nifti(
-    path: str | os.PathLike, ndim: int | None = None, dtype: type | None = np.float32, allow_nonfinite: bool = False
+    path: str | os.PathLike,
+    ndim: int | None = None,
+    dtype: type | None = np.float32,
+    allow_nonfinite: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load a NIfTI image as ``(array, affine)`` in nibabel's array order (RAS affine).
 

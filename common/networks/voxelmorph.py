@@ -91,7 +91,9 @@ class RegUNet(nn.Module):
             skip = skips[levels - 1 - i]
             self.decoder.append(_conv(spatial_dims, prev + skip, dec_channels[i]))
             prev = dec_channels[i]
-        self.extra = nn.Sequential(*[_conv(spatial_dims, c_in, c_out) for c_in, c_out in self._extra(prev, dec_channels[levels:])])
+        self.extra = nn.Sequential(
+            *[_conv(spatial_dims, c_in, c_out) for c_in, c_out in self._extra(prev, dec_channels[levels:])]
+        )
         prev = dec_channels[-1] if len(dec_channels) > levels else prev
         self.flow = FlowHead(spatial_dims, prev, out_channels)
 
