@@ -3,9 +3,9 @@
 Facts this module relies on (read from the public Learn2Reg / LUMIR evaluation code, 2021-2024):
 
 * Current format (Learn2Reg 2022+, LUMIR 2024): ``disp_<fixed>_<moving>.nii.gz`` with ``<fixed>``/``<moving>``
-  the 4-character case ids cut from the image names (``name[-16:-12]`` of ``LUMIRMRI_3455_0000.nii.gz``), loaded
-  with ``nib.load(f).get_fdata()`` (any float dtype; float16 keeps files small). Shape ``(*S, D)`` channels-last,
-  **voxels of the fixed grid, array order, pull-back**: the scorer warps with
+  the 4-character case ids cut from the image names (``name[-16:-12]`` of ``LUMIRMRI_3455_0000.nii.gz``),
+  loaded with ``nib.load(f).get_fdata()`` (float32; NIfTI-1 has no float16 type). Shape ``(*S, D)``
+  channels-last, **voxels of the fixed grid, array order, pull-back**: the scorer warps with
   ``map_coordinates(moving, identity + disp.transpose(3, 0, 1, 2), order=0)`` - the convention of
   :mod:`common.conventions`, so only the channel axis moves. The NIfTI affine is not used by the scorer.
   The LUMIR scorer also accepts ``.npz`` (``arr_0``) and transposes channels-first ``(3, *S)`` arrays.
@@ -61,7 +61,9 @@ def l2r_disp_name(fixed_id: int | str, moving_id: int | str, ext: str = ".nii.gz
         elif isinstance(v, str) and v and not any(c in v for c in "/\\ ") and v not in (".", ".."):
             parts.append(v)
         else:
-            raise ValueError(f"l2r_disp_name: `{name}` must be an int or a non-empty id without spaces/slashes, got {v!r}.")
+            raise ValueError(
+                f"l2r_disp_name: `{name}` must be an int or a non-empty id without spaces/slashes, got {v!r}."
+            )
     if ext not in _SUFFIXES:
         raise ValueError(f"l2r_disp_name: `ext` must be one of {_SUFFIXES}, got {ext!r}.")
     return f"disp_{parts[0]}_{parts[1]}{ext}"
@@ -72,7 +74,7 @@ def write_l2r_displacement(
     path: str | os.PathLike,
     affine: np.ndarray | None = None,
     half_resolution: bool = False,
-    dtype: type | None = np.float16,
+    dtype: type | None = None,
 ) -> Path:
     """Write a DDF as a Learn2Reg displacement file (atomic: temp file + rename).
 
@@ -87,16 +89,18 @@ def write_l2r_displacement(
             identity.
         half_resolution: store the field on the half-size grid ``S // 2`` (Learn2Reg 2021 OASIS: 3x80x96x112)
             sampled corner-aligned (``align_corners=True``, the grid scipy's ``zoom`` uses), **keeping
-            full-resolution voxel units** (no rescaling), as the scorer upsamples x2 without rescaling. All sizes
-            of ``S`` must be even. A half-resolution network flow in half-resolution voxels must first be brought
-            to full size with :func:`common.blocks.resize_flow` (which rescales it).
-        dtype: stored dtype (default float16, which the 2021 task required); None keeps float32.
+            full-resolution voxel units** (no rescaling), as the scorer upsamples x2 without rescaling. All
+            sizes of ``S`` must be even. A half-resolution network flow in half-resolution voxels must first
+            be brought to full size with :func:`common.blocks.resize_flow` (which rescales it).
+        dtype: stored dtype. None (default): float16 for ``.npz`` (the 2021 task required it), float32 for
+            NIfTI. NIfTI-1 has no 16-bit float type (nibabel refuses it): float16 is only valid for ``.npz``.
 
     Returns:
         The written path.
 
     Raises:
-        ValueError: bad shape, batch > 1, NaN/Inf, odd size with ``half_resolution``, float16 overflow, bad suffix.
+        ValueError: bad shape, batch > 1, NaN/Inf, odd size with ``half_resolution``, float16 overflow, bad
+            suffix.
     """
     caller = "write_l2r_displacement"
     p = Path(path)
@@ -106,13 +110,17 @@ def write_l2r_displacement(
         t = t.unsqueeze(0)
     dims = check_ddf(t, caller=caller)
     if t.shape[0] != 1:
-        raise ValueError(f"{caller}: `ddf` must hold one pair (batch 1), got shape {tuple(t.shape)}; write one file per pair.")
+        raise ValueError(
+            f"{caller}: `ddf` must hold one pair (batch 1), got shape {tuple(t.shape)}; one file per pair."
+        )
     t = t.detach().to("cpu", torch.float64)
     aff = np.eye(4) if affine is None else as_affine(affine, 3, "affine", caller)  # NIfTI affines are 4x4
     shape = tuple(int(s) for s in t.shape[2:])
     if half_resolution:
         if any(s % 2 for s in shape):
-            raise ValueError(f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {tuple(ddf.shape)}.")
+            raise ValueError(
+                f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {tuple(ddf.shape)}."
+            )
         half = tuple(s // 2 for s in shape)
         mode = "bilinear" if dims == 2 else "trilinear"
         t = F.interpolate(t, size=half, mode=mode, align_corners=ALIGN_CORNERS)  # values stay full-res voxels
@@ -121,9 +129,20 @@ def write_l2r_displacement(
         scale[:dims] = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, half)]
         aff = aff @ np.diag(scale)
     arr = t[0].numpy()  # (D, *S)
-    out_dtype = np.float32 if dtype is None else np.dtype(dtype)
+    if dtype is None:
+        out_dtype = np.dtype(np.float16 if suffix == ".npz" else np.float32)
+    else:
+        out_dtype = np.dtype(dtype)
+        if out_dtype == np.float16 and suffix != ".npz":
+            raise ValueError(
+                f"{caller}: `dtype` float16 needs a .npz path (NIfTI-1 has no float16), got {p}."
+            )
+        if out_dtype not in (np.float16, np.float32, np.float64):
+            raise ValueError(f"{caller}: `dtype` must be float16, float32 or float64, got {out_dtype}.")
     if out_dtype == np.float16 and np.abs(arr).max(initial=0.0) > _F16_MAX:
-        raise ValueError(f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range.")
+        raise ValueError(
+            f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range."
+        )
     arr = arr.astype(out_dtype)
     with atomic_path(p) as tmp:
         if suffix == ".npz":
@@ -142,7 +161,7 @@ def read_l2r_displacement(
 ) -> torch.Tensor:
     """Read a Learn2Reg displacement file into the project convention.
 
-    Accepts ``.nii``/``.nii.gz`` (channels-last ``(*S, D)``, also ITK-style ``(*S, 1, D)``) and ``.npz``
+    Accepts ``.nii``/``.nii.gz`` (channels-last ``(*S, D)``, the shape the scorers check) and ``.npz``
     (``arr_0``; channels-first ``(D, *S)`` as in 2021, or channels-last).
 
     Args:
@@ -178,10 +197,15 @@ def read_l2r_displacement(
         raise
     except Exception as exc:  # nibabel / numpy raise many types for damaged files
         raise ImageReadError(f"{p}: not a readable displacement file ({type(exc).__name__}: {exc}).") from exc
-    if arr.ndim == 5 and arr.shape[3] == 1:
-        arr = arr[:, :, :, 0]  # ITK/ANTs 5D layout (X, Y, Z, 1, 3)
     if arr.ndim not in (3, 4) or arr.shape[-1] != arr.ndim - 1:
-        raise ImageReadError(f"{p}: expected a channels-last field (*S, D) with D == len(S), got shape {arr.shape}.")
+        hint = (
+            "; a 5D (X, Y, Z, 1, 3) file is an ITK field in mm: use read_itk_displacement"
+            if arr.ndim == 5
+            else ""
+        )
+        raise ImageReadError(
+            f"{p}: expected a channels-last field (*S, D), D == len(S), got shape {arr.shape}{hint}."
+        )
     if not np.isfinite(arr).all():
         raise ImageReadError(f"{p}: contains {int((~np.isfinite(arr)).sum())} NaN/Inf values.")
     dims = arr.ndim - 1
@@ -189,7 +213,9 @@ def read_l2r_displacement(
     if full_shape is not None:
         full = tuple(int(s) for s in full_shape)
         if len(full) != dims:
-            raise ValueError(f"{caller}: `full_shape` {full} must have {dims} entries for field shape {arr.shape}.")
+            raise ValueError(
+                f"{caller}: `full_shape` {full} must have {dims} entries for field shape {arr.shape}."
+            )
         stored = comps[0].shape
         if stored != full:
             factors = [f / s for f, s in zip(full, stored)]

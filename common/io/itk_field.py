@@ -1,0 +1,390 @@
+"""DDF <-> ITK displacement field images and affine transform files (for ITK, ANTs and 3D Slicer).
+
+An ITK displacement field is a vector image on the **fixed** image's grid (same origin, spacing, direction and
+size) whose pixel is the physical displacement in **mm with LPS components**: the fixed physical point ``p``
+maps to ``p + d(p)`` in the moving image. ``itk.WarpImageFilter`` computes ``out(p) = moving(p + d(p))`` - the
+same pull-back as :func:`common.blocks.warp` (``tests/conventions/test_itk_agreement.py`` proves the two
+agree).
+
+Axis bookkeeping: ITK's index ``[i, j, k]`` is nibabel's array index ``[i, j, k]``, but ITK's numpy view
+(``itk.array_from_image``) is ``[k, j, i]`` - reversed - while its vector components stay in physical order
+``(x, y, z)`` (LPS). So relative to the numpy view the components look reversed (what MONAI's
+``monai_to_itk_ddf`` handles by flipping components of a field already in ITK's array order). Our DDF has
+nibabel array axes and components along them, so the conversion here is: rotate/scale the components into
+world axes with the fixed affine (:func:`common.io.convert.voxel_to_physical`, ``lps=True``) and transpose
+the spatial axes for ITK. ``monai.data.itk_torch_bridge`` is not used because it expects fields in ITK's
+array order.
+
+File types: ``.mha`` is the default recommendation (MetaImage stores LPS geometry and LPS vectors natively; no
+convention ambiguity). ``.nrrd`` (Slicer's native format) works the same. ``.nii.gz`` is written by ITK as a
+5D ``(X, Y, Z, 1, 3)`` NIfTI with ``intent_code`` 1007 (NIFTI_INTENT_VECTOR) and **LPS vector values** under
+a RAS header affine - the ANTs warp-file convention, read correctly by ITK, ANTs and Slicer, but nibabel
+users must negate x and y themselves, and tools that expect NIFTI_INTENT_DISPVECT (1006) assume RAS vectors.
+
+3D Slicer: load the field with *Add Data* (choose description "Transform" if it is offered as a volume) or the
+``.tfm`` from :func:`write_itk_affine`. Files hold **resampling** transforms (fixed physical point -> moving
+physical point; Slicer's "from parent"). To see the moving image aligned to the fixed one, set the transform
+as the parent of the **moving** volume (Data or Transforms module); Slicer inverts it for display as needed,
+and *Harden transform* resamples the moving image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.conventions import check_ddf
+from common.io.convert import (
+    affine_to_itk_geometry,
+    centred_affine_to_physical,
+    itk_geometry_to_affine,
+    lps_flip,
+    physical_affine_to_centred,
+    physical_to_voxel,
+    voxel_to_physical,
+)
+from common.io.nifti import ImageReadError, atomic_path
+
+__all__ = [
+    "array_to_itk_image",
+    "itk_image_to_array",
+    "ddf_to_itk_field",
+    "itk_field_to_ddf",
+    "write_itk_displacement",
+    "read_itk_displacement",
+    "centred_affine_to_itk",
+    "write_itk_affine",
+    "read_itk_affine",
+]
+
+_FIELD_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii.gz", ".nii")
+_TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
+
+
+def _itk() -> Any:
+    import itk  # imported lazily: `import common.io` stays light
+
+    return itk
+
+
+def _check_suffix(path: Path, allowed: tuple[str, ...], caller: str) -> None:
+    if not any(path.name.lower().endswith(s) for s in allowed):
+        raise ValueError(f"{caller}: `path` must end with one of {allowed}, got {path}.")
+
+
+def _set_geometry(image: Any, affine: np.ndarray, caller: str) -> None:
+    itk = _itk()
+    origin, spacing, direction = affine_to_itk_geometry(affine, caller=caller)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction, dtype=np.float64)))
+
+
+def _affine_of(image: Any) -> np.ndarray:
+    itk = _itk()
+    return itk_geometry_to_affine(
+        tuple(image.GetOrigin()), tuple(image.GetSpacing()), itk.array_from_matrix(image.GetDirection())
+    )
+
+
+def array_to_itk_image(array: np.ndarray | torch.Tensor, affine: np.ndarray) -> Any:
+    """Scalar image in nibabel array order + RAS affine -> ``itk.Image[itk.F, D]`` with LPS geometry.
+
+    Args:
+        array: ``(*S)`` image (a leading ``(1, 1)`` or ``(1,)`` is dropped), D in {2, 3}.
+        affine: ``(D + 1, D + 1)`` RAS voxel-to-world affine.
+    """
+    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    while a.ndim > 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim not in (2, 3):
+        raise ValueError(f"array_to_itk_image: `array` must be 2D or 3D, got shape {a.shape}.")
+    itk = _itk()
+    img = itk.GetImageFromArray(np.ascontiguousarray(a.T, dtype=np.float32))
+    _set_geometry(img, np.asarray(affine, dtype=np.float64), "array_to_itk_image")
+    return img
+
+
+def itk_image_to_array(image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Scalar ITK image -> ``(array in nibabel order, RAS affine)``."""
+    itk = _itk()
+    return np.ascontiguousarray(itk.array_from_image(image).T), _affine_of(image)
+
+
+def _as_ddf(ddf: torch.Tensor | np.ndarray, caller: str) -> tuple[torch.Tensor, int]:
+    t = torch.as_tensor(ddf)
+    dims = check_ddf(t, caller=caller)
+    if t.shape[0] != 1:
+        raise ValueError(f"{caller}: `ddf` must hold one field (batch 1), got shape {tuple(t.shape)}.")
+    return t.detach().to("cpu", torch.float64), dims
+
+
+def ddf_to_itk_field(
+    ddf: torch.Tensor | np.ndarray, fixed_affine: np.ndarray, moving_affine: np.ndarray | None = None
+) -> Any:
+    """Voxel DDF -> ITK displacement field image ``itk.Image[itk.Vector[itk.F, D], D]`` (LPS, mm).
+
+    Args:
+        ddf: ``(1, D, *S)`` displacement in voxels of the fixed grid, array order, pull-back.
+        fixed_affine: ``(D + 1, D + 1)`` RAS affine of the fixed image (nibabel ``img.affine``); gives the
+            field's origin, spacing and direction. Must be free of shear.
+        moving_affine: RAS affine of the moving image's voxel grid, if it differs from the fixed one.
+    """
+    caller = "ddf_to_itk_field"
+    t, dims = _as_ddf(ddf, caller)
+    disp = voxel_to_physical(t, fixed_affine, moving_affine, lps=True)[0].numpy()  # (D, *S), LPS mm
+    arr = np.ascontiguousarray(disp.transpose(*range(dims, 0, -1), 0), dtype=np.float32)  # (*S reversed, D)
+    itk = _itk()
+    field_type = itk.Image[itk.Vector[itk.F, dims], dims]
+    field = itk.GetImageFromArray(arr, ttype=field_type)
+    _set_geometry(field, np.asarray(fixed_affine, dtype=np.float64), caller)
+    return field
+
+
+def itk_field_to_ddf(field: Any, moving_affine: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """ITK displacement field image (LPS, mm) -> ``(ddf (1, D, *S) float32 voxels, fixed RAS affine)``."""
+    itk = _itk()
+    dims = int(field.GetImageDimension())
+    ncomp = int(field.GetNumberOfComponentsPerPixel())
+    if ncomp != dims:
+        raise ValueError(
+            f"itk_field_to_ddf: `field` has {ncomp} components per pixel, a {dims}D field needs {dims}."
+        )
+    arr = np.asarray(itk.array_from_image(field), dtype=np.float64)  # (*S reversed, D)
+    disp = torch.from_numpy(np.ascontiguousarray(arr.transpose(dims, *range(dims - 1, -1, -1))))[None]
+    affine = _affine_of(field)
+    ddf = physical_to_voxel(disp, affine, moving_affine, lps=True)
+    return ddf.to(torch.float32), affine
+
+
+def write_itk_displacement(
+    ddf: torch.Tensor | np.ndarray,
+    fixed_affine: np.ndarray,
+    path: str | os.PathLike,
+    moving_affine: np.ndarray | None = None,
+) -> Path:
+    """Write a voxel DDF as an ITK displacement field file (``.mha`` recommended; ``.nrrd``, ``.nii.gz``).
+
+    The file loads in 3D Slicer as a (resampling) transform and in ITK/ANTs as a displacement field; see the
+    module docstring for the file-type trade-offs. Written atomically.
+
+    Args:
+        ddf: ``(1, D, *S)`` displacement in fixed-grid voxels, array order, pull-back.
+        fixed_affine: RAS affine of the fixed image.
+        path: output file.
+        moving_affine: RAS affine of the moving image grid, if different from the fixed one.
+    """
+    p = Path(path)
+    _check_suffix(p, _FIELD_SUFFIXES, "write_itk_displacement")
+    field = ddf_to_itk_field(ddf, fixed_affine, moving_affine)
+    with atomic_path(p) as tmp:
+        _itk().imwrite(field, str(tmp), compression=True)
+    return p
+
+
+def read_itk_displacement(
+    path: str | os.PathLike, moving_affine: np.ndarray | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Read an ITK displacement field file -> ``(ddf (1, D, *S) voxels, fixed RAS affine)``.
+
+    Raises:
+        ImageReadError: missing or unreadable file, or not a vector image with D components.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: file not found.")
+    try:
+        field = _itk().imread(str(p))
+    except Exception as exc:  # ITK raises RuntimeError with long C++ messages
+        raise ImageReadError(f"{p}: not a readable ITK image ({type(exc).__name__}).") from exc
+    dims, ncomp = int(field.GetImageDimension()), int(field.GetNumberOfComponentsPerPixel())
+    if ncomp != dims:
+        raise ImageReadError(
+            f"{p}: expected a {dims}D displacement field with {dims} components, got {ncomp}."
+        )
+    ddf, affine = itk_field_to_ddf(field, moving_affine)
+    if not torch.isfinite(ddf).all():
+        raise ImageReadError(f"{p}: contains NaN/Inf values.")
+    return ddf, affine
+
+
+def _itk_affine_parameters(
+    matrix: torch.Tensor | np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_affine: np.ndarray | None,
+    shape: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ITK ``AffineTransform`` parameters ``(matrix, translation, centre)`` in LPS, about the fixed centre."""
+    t = centred_affine_to_physical(matrix, shape, fixed_affine, moving_affine, lps=True)
+    dims = t.shape[0] - 1
+    centre_vox = np.append((np.asarray(shape, dtype=np.float64) - 1.0) / 2.0, 1.0)
+    centre = lps_flip(dims) @ (np.asarray(fixed_affine, dtype=np.float64) @ centre_vox)[:dims]
+    mat = t[:dims, :dims]
+    return mat, mat @ centre + t[:dims, dims] - centre, centre
+
+
+def centred_affine_to_itk(
+    matrix: torch.Tensor | np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_affine: np.ndarray | None,
+    shape: Sequence[int],
+) -> Any:
+    """Project affine ``[A | t]`` (centred fixed voxel -> moving voxel) -> ``itk.AffineTransform[itk.D, D]``.
+
+    The transform maps fixed physical (LPS) points to moving physical points, so
+    ``itk.ResampleImageFilter(moving, transform, output grid = fixed)`` reproduces
+    :class:`common.blocks.AffineTransform`. Its centre is the fixed grid centre.
+    """
+    mat, translation, centre = _itk_affine_parameters(matrix, fixed_affine, moving_affine, shape)
+    itk = _itk()
+    tr = itk.AffineTransform[itk.D, mat.shape[0]].New()
+    tr.SetCenter([float(v) for v in centre])
+    tr.SetMatrix(itk.matrix_from_array(np.ascontiguousarray(mat)))
+    tr.SetTranslation([float(v) for v in translation])
+    return tr
+
+
+def _tfm_text(mat: np.ndarray, translation: np.ndarray, centre: np.ndarray) -> str:
+    """ITK's "Insight Transform File V1.0" text for one ``AffineTransform_double_D_D`` (full precision)."""
+    dims = mat.shape[0]
+    params = " ".join(repr(float(v)) for v in (*mat.ravel(), *translation))
+    fixed = " ".join(repr(float(v)) for v in centre)
+    return (
+        "#Insight Transform File V1.0\n#Transform 0\n"
+        f"Transform: AffineTransform_double_{dims}_{dims}\nParameters: {params}\nFixedParameters: {fixed}\n"
+    )
+
+
+def _parse_tfm(text: str) -> np.ndarray | None:
+    """Homogeneous LPS matrix of a text file holding one affine transform; None if it holds anything else."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            fields.setdefault(key.strip(), []).append(value.strip())
+    kinds = fields.get("Transform", [])
+    if (
+        len(kinds) != 1
+        or len(fields.get("Parameters", [])) != 1
+        or len(fields.get("FixedParameters", [])) != 1
+    ):
+        return None
+    name, _, rest = kinds[0].partition("_")
+    if name not in ("AffineTransform", "MatrixOffsetTransformBase") or rest not in (
+        "double_2_2",
+        "double_3_3",
+        "float_2_2",
+        "float_3_3",
+    ):
+        return None
+    dims = int(rest[-1])
+    try:
+        params = np.array(fields["Parameters"][0].split(), dtype=np.float64)
+        centre = np.array(fields["FixedParameters"][0].split(), dtype=np.float64)
+    except ValueError:
+        return None
+    if params.size != dims * (dims + 1) or centre.size != dims:
+        return None
+    mat, translation = params[: dims * dims].reshape(dims, dims), params[dims * dims :]
+    out = np.eye(dims + 1)
+    out[:dims, :dims] = mat
+    out[:dims, dims] = translation + centre - mat @ centre  # T(p) = M (p - c) + c + t
+    return out
+
+
+def write_itk_affine(
+    matrix: torch.Tensor | np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_affine: np.ndarray | None,
+    path: str | os.PathLike,
+    *,
+    shape: Sequence[int],
+) -> Path:
+    """Write the project's affine as an ITK transform file (``.tfm``/``.txt``; ``.mat``/``.h5`` also work).
+
+    ``.tfm``/``.txt`` are written directly in ITK's documented text format ("Insight Transform File V1.0",
+    ``AffineTransform_double_D_D``, full float precision): ``itk.transformwrite`` produces the same text, but
+    loading ITK's transform I/O modules takes 5-20 s per process, far longer than the write. ``.mat``/``.h5``
+    go through ``itk.transformwrite``. The tests read the files back with ``itk.transformread``.
+
+    Args:
+        matrix: ``(1, D, D + 1)`` or ``(D, D + 1)`` in the centred voxel coordinates of
+            :mod:`common.blocks.affine`: fixed voxel ``x`` -> moving voxel ``A (x - c) + c + t`` with
+            ``c = (shape - 1) / 2`` and ``t`` in voxels.
+        fixed_affine: RAS affine of the fixed image.
+        moving_affine: RAS affine of the moving image (None: same grid as the fixed image).
+        path: output file, written atomically.
+        shape: fixed image spatial shape (defines the centre ``c``).
+
+    Returns:
+        The written path. The file is an ITK resampling transform (fixed physical -> moving physical, LPS mm);
+        in Slicer apply it to the moving volume (see the module docstring).
+    """
+    p = Path(path)
+    _check_suffix(p, _TRANSFORM_SUFFIXES, "write_itk_affine")
+    mat, translation, centre = _itk_affine_parameters(matrix, fixed_affine, moving_affine, shape)
+    with atomic_path(p) as tmp:
+        if p.name.lower().endswith((".tfm", ".txt")):
+            tmp.write_text(_tfm_text(mat, translation, centre))
+        else:
+            _itk().transformwrite(
+                [centred_affine_to_itk(matrix, fixed_affine, moving_affine, shape)], str(tmp)
+            )
+    return p
+
+
+def read_itk_affine(
+    path: str | os.PathLike,
+    fixed_affine: np.ndarray,
+    moving_affine: np.ndarray | None,
+    *,
+    shape: Sequence[int],
+) -> torch.Tensor:
+    """Read an ITK affine transform file -> project matrix ``(1, D, D + 1)`` float64.
+
+    Text files holding one ``AffineTransform`` are parsed directly (fast); anything else (rigid, similarity,
+    ``.mat``, ``.h5``) goes through ``itk.transformread`` and must be a matrix-offset transform.
+
+    Raises:
+        ImageReadError: missing or unreadable file, several transforms, or a non-affine transform.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: file not found.")
+    t = None
+    if p.name.lower().endswith((".tfm", ".txt")):
+        try:
+            t = _parse_tfm(p.read_text(errors="replace"))
+        except OSError as exc:
+            raise ImageReadError(f"{p}: cannot read ({exc}).") from exc
+    if t is None:
+        t = _read_with_itk(p)
+    if len(shape) != t.shape[0] - 1:
+        raise ValueError(
+            f"read_itk_affine: `shape` {tuple(shape)} does not fit the {t.shape[0] - 1}D transform in {p}."
+        )
+    return physical_affine_to_centred(t, shape, fixed_affine, moving_affine, lps=True)
+
+
+def _read_with_itk(p: Path) -> np.ndarray:
+    itk = _itk()
+    try:
+        transforms = itk.transformread(str(p))
+    except Exception as exc:
+        raise ImageReadError(f"{p}: not a readable ITK transform file ({type(exc).__name__}).") from exc
+    if len(transforms) != 1:
+        raise ImageReadError(f"{p}: expected one transform, found {len(transforms)}.")
+    tr = transforms[0]
+    if not hasattr(tr, "GetMatrix") or not hasattr(tr, "GetOffset"):
+        raise ImageReadError(f"{p}: {tr.GetNameOfClass()} is not a matrix-offset (affine) transform.")
+    mat = np.asarray(itk.array_from_matrix(tr.GetMatrix()), dtype=np.float64)
+    dims = mat.shape[0]
+    t = np.eye(dims + 1)
+    t[:dims, :dims] = mat
+    t[:dims, dims] = np.asarray(tuple(tr.GetOffset()), dtype=np.float64)
+    return t
