@@ -3,7 +3,7 @@
 With a trained bundle (``bundles/<name>/models/model.pt`` whose metadata says the weights are trained) the
 demo runs that bundle's ``inference.json`` through MONAI's ConfigWorkflow. Until one exists, it runs the
 toolkit alone: the same loading/geometry/output code as the bundles, with the field found by instance
-optimisation (local NCC + diffusion regulariser, 2 mm grid) instead of a network.
+optimisation (local NCC + diffusion regulariser, 3 mm grid) instead of a network.
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def _run_bundle(bundle: Path, moving: Path, fixed: Path, out: Path) -> None:
     wf.finalize()
 
 
-def _run_toolkit(moving: Path, fixed: Path, out: Path, iterations: int) -> None:
+def _run_toolkit(moving: Path, fixed: Path, out: Path, iterations: int, spacing: float) -> None:
     from common.engines import IdentityToDDF, LoadRegistrationPaird, SaveRegistrationOutputsd
     from common.engines.instance_optimisation import InstanceOptimiser
     from common.losses import GradientRegulariser, LocalNCCLoss
 
-    item = LoadRegistrationPaird(spacing=(2.0, 2.0, 2.0), axcodes=None, multiple=8)(
+    item = LoadRegistrationPaird(spacing=(spacing,) * 3, axcodes=None, multiple=8)(
         {"moving_image": str(moving), "fixed_image": str(fixed)}
     )
     m, f = item["moving_image"][None], item["fixed_image"][None]
@@ -82,17 +82,20 @@ def _run_toolkit(moving: Path, fixed: Path, out: Path, iterations: int) -> None:
         grid_factor=2,
     )
     ddf = opt(m, f)
-    print(f"demo: instance optimisation, {iterations} iterations on {tuple(m.shape[2:])} at 2 mm: {opt.seconds:.1f} s")
+    print(
+        f"demo: instance optimisation, {iterations} iterations on {tuple(m.shape[2:])} at {spacing:g} mm: {opt.seconds:.1f} s"
+    )
     item["pred"] = ddf[0]
     SaveRegistrationOutputsd(IdentityToDDF(), str(out), overwrite=True)(item)
 
 
-def main(out: str = "outputs/demo", iterations: int = 60, toolkit: bool = False) -> None:
+def main(out: str = "outputs/demo", iterations: int = 40, spacing: float = 3.0, toolkit: bool = False) -> None:
     """Register the shipped demo pair (real OASIS-1 T1 scans) and write the outputs to ``out``.
 
     Args:
         out: output folder.
         iterations: instance-optimisation steps when no trained bundle is available (or ``toolkit``).
+        spacing: grid spacing in mm of the toolkit-only registration.
         toolkit: force the toolkit-only path even if a trained bundle exists.
     """
     torch.manual_seed(0)
@@ -105,7 +108,7 @@ def main(out: str = "outputs/demo", iterations: int = 60, toolkit: bool = False)
         _run_bundle(bundle, moving, fixed, out_dir)
     else:
         print("demo: no trained bundle yet; registering with the toolkit (instance optimisation)")
-        _run_toolkit(moving, fixed, out_dir, iterations)
+        _run_toolkit(moving, fixed, out_dir, iterations, spacing)
     pair_dir = next(p for p in out_dir.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
     metrics = json.loads((pair_dir / "metrics.json").read_text())
     mm = metrics["metrics"]
