@@ -66,20 +66,14 @@ def as_affine(
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{caller}: `{name}` must be a numeric matrix, got {type(affine).__name__}.") from exc
     if a.shape != (dims + 1, dims + 1):
-        hint = (
-            " (a 3D grid); for a 2D slice use affine_2d_from_3d()" if a.shape == (4, 4) and dims == 2 else ""
-        )
-        raise ValueError(
-            f"{caller}: `{name}` must be {dims + 1}x{dims + 1} for a {dims}D field, got {a.shape}{hint}."
-        )
+        hint = " (a 3D grid); for a 2D slice use affine_2d_from_3d()" if a.shape == (4, 4) and dims == 2 else ""
+        raise ValueError(f"{caller}: `{name}` must be {dims + 1}x{dims + 1} for a {dims}D field, got {a.shape}{hint}.")
     if not np.isfinite(a).all():
         raise ValueError(f"{caller}: `{name}` contains NaN or Inf values.")
     if not np.allclose(a[dims], np.eye(dims + 1)[dims]):
         raise ValueError(f"{caller}: `{name}` bottom row must be [0, ..., 0, 1], got {a[dims].tolist()}.")
     if abs(np.linalg.det(a[:dims, :dims])) < 1e-12:
-        raise ValueError(
-            f"{caller}: `{name}` has a singular linear part (zero spacing?): {a[:dims, :dims].tolist()}."
-        )
+        raise ValueError(f"{caller}: `{name}` has a singular linear part (zero spacing?): {a[:dims, :dims].tolist()}.")
     return a
 
 
@@ -94,9 +88,7 @@ def affine_2d_from_3d(affine: np.ndarray) -> np.ndarray:
     return a[np.ix_([0, 1, 3], [0, 1, 3])]
 
 
-def spacing_from_affine(
-    affine: np.ndarray | torch.Tensor | Sequence, dims: int | None = None
-) -> tuple[float, ...]:
+def spacing_from_affine(affine: np.ndarray | torch.Tensor | Sequence, dims: int | None = None) -> tuple[float, ...]:
     """Voxel size in mm along each array axis: the column norms of the affine's linear part.
 
     Args:
@@ -112,9 +104,7 @@ def spacing_from_affine(
 def _spacing_view(spacing: Sequence[float], ddf: torch.Tensor, dims: int, caller: str) -> torch.Tensor:
     sp = [float(s) for s in spacing]
     if len(sp) != dims or min(sp) <= 0 or not np.isfinite(sp).all():
-        raise ValueError(
-            f"{caller}: `spacing` must be {dims} positive finite numbers (mm), got {tuple(spacing)}."
-        )
+        raise ValueError(f"{caller}: `spacing` must be {dims} positive finite numbers (mm), got {tuple(spacing)}.")
     return torch.tensor(sp, dtype=ddf.dtype, device=ddf.device).view(1, dims, *([1] * dims))
 
 
@@ -176,11 +166,7 @@ def voxel_to_physical(
         grid = identity_grid(ddf.shape[2:], device=ddf.device, dtype=torch.float64)
         y = grid + ddf.to(torch.float64)
         b = torch.as_tensor(m[:dims, dims] - f[:dims, dims], dtype=torch.float64, device=ddf.device)
-        d = (
-            _apply_linear(m[:dims, :dims], y)
-            - _apply_linear(f[:dims, :dims], grid)
-            + b.view(1, dims, *[1] * dims)
-        )
+        d = _apply_linear(m[:dims, :dims], y) - _apply_linear(f[:dims, :dims], grid) + b.view(1, dims, *[1] * dims)
     if lps:
         d = _apply_linear(lps_flip(dims), d)
     return d.to(ddf.dtype)
@@ -252,9 +238,7 @@ def itk_geometry_to_affine(
     d = o.shape[0]
     p = lps_flip(d)
     out = np.eye(d + 1)
-    out[:d, :d] = (
-        p @ np.asarray(direction, dtype=np.float64).reshape(d, d) @ np.diag(np.asarray(spacing, float))
-    )
+    out[:d, :d] = p @ np.asarray(direction, dtype=np.float64).reshape(d, d) @ np.diag(np.asarray(spacing, float))
     out[:d, d] = p @ o
     return out
 
@@ -272,9 +256,7 @@ def _centred_voxel_matrix(matrix: torch.Tensor | np.ndarray, shape: Sequence[int
         raise ValueError(f"{caller}: `matrix` contains NaN or Inf values.")
     dims = m.shape[0]
     if len(shape) != dims or min(int(s) for s in shape) < 1:
-        raise ValueError(
-            f"{caller}: `shape` must be {dims} positive sizes of the fixed grid, got {tuple(shape)}."
-        )
+        raise ValueError(f"{caller}: `shape` must be {dims} positive sizes of the fixed grid, got {tuple(shape)}.")
     c = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
     a = m[:, :dims]
     v = np.eye(dims + 1)

@@ -152,9 +152,7 @@ def itk_field_to_ddf(field: Any, moving_affine: np.ndarray | None = None) -> tup
     dims = int(field.GetImageDimension())
     ncomp = int(field.GetNumberOfComponentsPerPixel())
     if ncomp != dims:
-        raise ValueError(
-            f"itk_field_to_ddf: `field` has {ncomp} components per pixel, a {dims}D field needs {dims}."
-        )
+        raise ValueError(f"itk_field_to_ddf: `field` has {ncomp} components per pixel, a {dims}D field needs {dims}.")
     arr = np.asarray(itk.array_from_image(field), dtype=np.float64)  # (*S reversed, D)
     disp = torch.from_numpy(np.ascontiguousarray(arr.transpose(dims, *range(dims - 1, -1, -1))))[None]
     affine = _affine_of(field)
@@ -204,9 +202,7 @@ def read_itk_displacement(
         raise ImageReadError(f"{p}: not a readable ITK image ({type(exc).__name__}).") from exc
     dims, ncomp = int(field.GetImageDimension()), int(field.GetNumberOfComponentsPerPixel())
     if ncomp != dims:
-        raise ImageReadError(
-            f"{p}: expected a {dims}D displacement field with {dims} components, got {ncomp}."
-        )
+        raise ImageReadError(f"{p}: expected a {dims}D displacement field with {dims} components, got {ncomp}.")
     ddf, affine = itk_field_to_ddf(field, moving_affine)
     if not torch.isfinite(ddf).all():
         raise ImageReadError(f"{p}: contains NaN/Inf values.")
@@ -268,11 +264,7 @@ def _parse_tfm(text: str) -> np.ndarray | None:
         if sep and not key.startswith("#"):
             fields.setdefault(key.strip(), []).append(value.strip())
     kinds = fields.get("Transform", [])
-    if (
-        len(kinds) != 1
-        or len(fields.get("Parameters", [])) != 1
-        or len(fields.get("FixedParameters", [])) != 1
-    ):
+    if len(kinds) != 1 or len(fields.get("Parameters", [])) != 1 or len(fields.get("FixedParameters", [])) != 1:
         return None
     name, _, rest = kinds[0].partition("_")
     if name not in ("AffineTransform", "MatrixOffsetTransformBase") or rest not in (
@@ -332,9 +324,7 @@ def write_itk_affine(
         if p.name.lower().endswith((".tfm", ".txt")):
             tmp.write_text(_tfm_text(mat, translation, centre))
         else:
-            _itk().transformwrite(
-                [centred_affine_to_itk(matrix, fixed_affine, moving_affine, shape)], str(tmp)
-            )
+            _itk().transformwrite([centred_affine_to_itk(matrix, fixed_affine, moving_affine, shape)], str(tmp))
     return p
 
 

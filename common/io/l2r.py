@@ -118,9 +118,7 @@ def write_l2r_displacement(
     shape = tuple(int(s) for s in t.shape[2:])
     if half_resolution:
         if any(s % 2 for s in shape):
-            raise ValueError(
-                f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {tuple(ddf.shape)}."
-            )
+            raise ValueError(f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {tuple(ddf.shape)}.")
         half = tuple(s // 2 for s in shape)
         mode = "bilinear" if dims == 2 else "trilinear"
         t = F.interpolate(t, size=half, mode=mode, align_corners=ALIGN_CORNERS)  # values stay full-res voxels
@@ -134,15 +132,11 @@ def write_l2r_displacement(
     else:
         out_dtype = np.dtype(dtype)
         if out_dtype == np.float16 and suffix != ".npz":
-            raise ValueError(
-                f"{caller}: `dtype` float16 needs a .npz path (NIfTI-1 has no float16), got {p}."
-            )
+            raise ValueError(f"{caller}: `dtype` float16 needs a .npz path (NIfTI-1 has no float16), got {p}.")
         if out_dtype not in (np.float16, np.float32, np.float64):
             raise ValueError(f"{caller}: `dtype` must be float16, float32 or float64, got {out_dtype}.")
     if out_dtype == np.float16 and np.abs(arr).max(initial=0.0) > _F16_MAX:
-        raise ValueError(
-            f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range."
-        )
+        raise ValueError(f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range.")
     arr = arr.astype(out_dtype)
     with atomic_path(p) as tmp:
         if suffix == ".npz":
@@ -198,14 +192,8 @@ def read_l2r_displacement(
     except Exception as exc:  # nibabel / numpy raise many types for damaged files
         raise ImageReadError(f"{p}: not a readable displacement file ({type(exc).__name__}: {exc}).") from exc
     if arr.ndim not in (3, 4) or arr.shape[-1] != arr.ndim - 1:
-        hint = (
-            "; a 5D (X, Y, Z, 1, 3) file is an ITK field in mm: use read_itk_displacement"
-            if arr.ndim == 5
-            else ""
-        )
-        raise ImageReadError(
-            f"{p}: expected a channels-last field (*S, D), D == len(S), got shape {arr.shape}{hint}."
-        )
+        hint = "; a 5D (X, Y, Z, 1, 3) file is an ITK field in mm: use read_itk_displacement" if arr.ndim == 5 else ""
+        raise ImageReadError(f"{p}: expected a channels-last field (*S, D), D == len(S), got shape {arr.shape}{hint}.")
     if not np.isfinite(arr).all():
         raise ImageReadError(f"{p}: contains {int((~np.isfinite(arr)).sum())} NaN/Inf values.")
     dims = arr.ndim - 1
@@ -213,9 +201,7 @@ def read_l2r_displacement(
     if full_shape is not None:
         full = tuple(int(s) for s in full_shape)
         if len(full) != dims:
-            raise ValueError(
-                f"{caller}: `full_shape` {full} must have {dims} entries for field shape {arr.shape}."
-            )
+            raise ValueError(f"{caller}: `full_shape` {full} must have {dims} entries for field shape {arr.shape}.")
         stored = comps[0].shape
         if stored != full:
             factors = [f / s for f, s in zip(full, stored)]

@@ -28,9 +28,7 @@ def _image(x: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
     while a.ndim > 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim not in (2, 3):
-        raise ValueError(
-            f"{_CALLER}: `{name}` must be 2D or 3D (optionally with leading (1, 1)), got shape {shape}."
-        )
+        raise ValueError(f"{_CALLER}: `{name}` must be 2D or 3D (optionally with leading (1, 1)), got shape {shape}.")
     a = a.astype(np.float64)
     if not np.isfinite(a).all():
         raise ValueError(f"{_CALLER}: `{name}` contains NaN or Inf values (shape {shape}).")

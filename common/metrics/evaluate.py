@@ -48,15 +48,11 @@ def evaluate_registration(
     caller = "evaluate_registration"
     u = ddf_array(ddf, caller)
     dims, shape = u.shape[0], u.shape[1:]
-    warped = squeeze_leading(
-        label_array(warped_labels, "warped_labels", caller), dims, "warped_labels", caller
-    )
+    warped = squeeze_leading(label_array(warped_labels, "warped_labels", caller), dims, "warped_labels", caller)
     fixed = squeeze_leading(label_array(fixed_labels, "fixed_labels", caller), dims, "fixed_labels", caller)
     same_shape(warped, fixed, "warped_labels", "fixed_labels", caller)
     if warped.shape != tuple(shape):
-        raise ValueError(
-            f"{caller}: `warped_labels` has shape {warped.shape} but `ddf` has grid {tuple(shape)}."
-        )
+        raise ValueError(f"{caller}: `warped_labels` has shape {warped.shape} but `ddf` has grid {tuple(shape)}.")
     dice, skipped = dice_per_label(warped, fixed, labels, moving=moving_labels, return_skipped=True)
     hd = hd95(warped, fixed, labels, spacing, percentile=hd_percentile, moving=moving_labels)
     hd_finite = [v for v in hd.values() if np.isfinite(v)]

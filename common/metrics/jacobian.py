@@ -122,11 +122,7 @@ def _det(cols: list[np.ndarray]) -> np.ndarray:
         a, b = cols
         return a[0] * b[1] - a[1] * b[0]
     a, b, c = cols
-    return (
-        a[0] * (b[1] * c[2] - b[2] * c[1])
-        + a[1] * (b[2] * c[0] - b[0] * c[2])
-        + a[2] * (b[0] * c[1] - b[1] * c[0])
-    )
+    return a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2]) + a[2] * (b[0] * c[1] - b[1] * c[0])
 
 
 def non_diffeomorphic_volume_map(ddf: Any, chunk: int = 16) -> np.ndarray:

@@ -16,9 +16,7 @@ __all__ = ["tre"]
 def _points(x: Any, name: str, dims: int) -> np.ndarray:
     arr = to_numpy(x, name, "tre")
     if arr.ndim != 2 or arr.shape[1] != dims:
-        raise ValueError(
-            f"tre: `{name}` must have shape (N, {dims}) in voxel coordinates, got shape {arr.shape}."
-        )
+        raise ValueError(f"tre: `{name}` must have shape (N, {dims}) in voxel coordinates, got shape {arr.shape}.")
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ValueError(f"tre: `{name}` contains NaN or Inf values (shape {arr.shape}).")
@@ -61,9 +59,7 @@ def tre(
     x = _points(fixed_points_vox, "fixed_points_vox", dims)
     y = _points(moving_points_vox, "moving_points_vox", dims)
     if x.shape != y.shape:
-        raise ValueError(
-            f"tre: `fixed_points_vox` {x.shape} and `moving_points_vox` {y.shape} differ in shape."
-        )
+        raise ValueError(f"tre: `fixed_points_vox` {x.shape} and `moving_points_vox` {y.shape} differ in shape.")
     sp = np.asarray(spacing_tuple(spacing, dims, "tre"))
     upper = np.asarray(shape, dtype=np.float64) - 1.0
     outside = ((x < 0) | (x > upper)).any(axis=1)
@@ -74,7 +70,5 @@ def tre(
         )
     if order not in range(6):
         raise ValueError(f"tre: `order` must be an integer in 0..5, got {order!r}.")
-    disp = np.stack(
-        [ndimage.map_coordinates(u[k], x.T, order=order, mode="nearest") for k in range(dims)], axis=1
-    )
+    disp = np.stack([ndimage.map_coordinates(u[k], x.T, order=order, mode="nearest") for k in range(dims)], axis=1)
     return np.linalg.norm((x + disp - y) * sp, axis=1)

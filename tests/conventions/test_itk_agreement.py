@@ -72,9 +72,7 @@ def _smooth(shape, scale: float, seed: int, sigma: float = 2.0) -> np.ndarray:
 
 def _field(shape, amplitude: float = 1.5, seed: int = 0) -> torch.Tensor:
     """Smooth random displacement ``(1, D, *S)`` in voxels, up to a few voxels."""
-    return torch.tensor(
-        np.stack([_smooth(shape, amplitude, seed + k, sigma=3.0) for k in range(len(shape))])
-    )[None]
+    return torch.tensor(np.stack([_smooth(shape, amplitude, seed + k, sigma=3.0) for k in range(len(shape))]))[None]
 
 
 def _inside(ddf: torch.Tensor) -> np.ndarray:

@@ -7,9 +7,7 @@ import scipy.ndimage
 import torch
 
 # Header of /work/shared/data/brain_t1_oasis/oasis_c_t1_160x192x224.nii.gz (LIA, 1 mm): only the numbers.
-OASIS_LIA = np.array(
-    [[-1.0, 0.0, 0.0, 80.0], [0.0, 0.0, 1.0, -112.0], [0.0, -1.0, 0.0, 96.0], [0.0, 0.0, 0.0, 1.0]]
-)
+OASIS_LIA = np.array([[-1.0, 0.0, 0.0, 80.0], [0.0, 0.0, 1.0, -112.0], [0.0, -1.0, 0.0, 96.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def oblique_lia(spacing=(1.2, 0.9, 1.5), degrees: float = 10.0, origin=(30.0, -20.0, 15.0)) -> np.ndarray:
@@ -29,7 +27,6 @@ def smooth_field(shape, amplitude: float = 2.0, coarse: int = 4, seed: int = 0) 
     rng = np.random.default_rng(seed)
     dims = len(shape)
     comps = [
-        scipy.ndimage.zoom(rng.normal(size=(coarse,) * dims), [s / coarse for s in shape], order=3)
-        for _ in range(dims)
+        scipy.ndimage.zoom(rng.normal(size=(coarse,) * dims), [s / coarse for s in shape], order=3) for _ in range(dims)
     ]
     return torch.tensor(np.stack(comps) * amplitude)[None]

@@ -69,9 +69,7 @@ def test_moving_affine_offset_is_a_constant_displacement():
     moving = fixed.copy()
     moving[:3, 3] += [5.0, -1.0, 2.0]  # same axes, origin moved by (5, -1, 2) mm RAS
     d = voxel_to_physical(torch.zeros(1, 3, 3, 4, 5, dtype=torch.float64), fixed, moving)
-    assert torch.allclose(
-        d, torch.tensor([5.0, -1.0, 2.0], dtype=torch.float64).view(1, 3, 1, 1, 1).expand_as(d)
-    )
+    assert torch.allclose(d, torch.tensor([5.0, -1.0, 2.0], dtype=torch.float64).view(1, 3, 1, 1, 1).expand_as(d))
 
 
 @pytest.mark.parametrize("lps", [False, True])
@@ -147,9 +145,7 @@ def test_identity_matrix_is_identity_transform():
         (lambda: voxel_to_mm(torch.zeros(1, 3, 2, 2, 2), (1.0, 1.0)), "spacing"),
         (lambda: voxel_to_mm(torch.zeros(1, 3, 2, 2, 2), (1.0, 0.0, 1.0)), "spacing"),
         (
-            lambda: affine_to_itk_geometry(
-                np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
-            ),
+            lambda: affine_to_itk_geometry(np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])),
             "shear",
         ),
         (lambda: centred_affine_to_physical(torch.zeros(1, 3, 3), (4, 4, 4), OASIS_LIA), "matrix"),

@@ -66,9 +66,7 @@ def test_nifti_field_header_is_itk_vector_intent(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])
-@pytest.mark.parametrize(
-    "moving", [None, oblique_lia(spacing=(1.0, 1.1, 0.8), degrees=-5.0, origin=(3.0, 2.0, 1.0))]
-)
+@pytest.mark.parametrize("moving", [None, oblique_lia(spacing=(1.0, 1.1, 0.8), degrees=-5.0, origin=(3.0, 2.0, 1.0))])
 def test_field_round_trip(tmp_path, suffix, moving):
     ddf = smooth_field(SHAPE, amplitude=3.0)
     path = write_itk_displacement(ddf, oblique_lia(), tmp_path / f"f{suffix}", moving_affine=moving)

@@ -101,9 +101,7 @@ def test_half_resolution_stores_half_grid_in_full_resolution_units(tmp_path):
 
 def test_half_resolution_constant_field_is_not_rescaled(tmp_path):
     ddf = torch.full((1, 3, 8, 10, 6), 3.0)
-    path = write_l2r_displacement(
-        ddf, tmp_path / "disp_0001_0002.nii.gz", affine=OASIS_LIA, half_resolution=True
-    )
+    path = write_l2r_displacement(ddf, tmp_path / "disp_0001_0002.nii.gz", affine=OASIS_LIA, half_resolution=True)
     img = nib.load(str(path))
     assert img.shape == (4, 5, 3, 3)
     # the half grid's corner voxels sit on the full grid's corner voxels

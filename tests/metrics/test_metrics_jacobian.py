@@ -149,9 +149,7 @@ def test_ndv_positive_definite_shear_is_zero_and_chunking_is_invisible():
     assert ndv(u) == pytest.approx(0.0)
     rng = np.random.default_rng(1)
     r = np.stack([ndimage.gaussian_filter(rng.normal(size=(9, 7, 6)), 1.0) * 5 for _ in range(3)])
-    np.testing.assert_allclose(
-        non_diffeomorphic_volume_map(r, chunk=1), non_diffeomorphic_volume_map(r, chunk=64)
-    )
+    np.testing.assert_allclose(non_diffeomorphic_volume_map(r, chunk=1), non_diffeomorphic_volume_map(r, chunk=64))
     assert ndv(r) > 0.0
 
 
