@@ -1,0 +1,165 @@
+"""Ignite handlers the bundles' training configs need beyond MONAI's: resume-from-latest, a CSV of the loss
+terms, and export of a plain state dict for ``models/model.pt``."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.handlers import CheckpointLoader
+
+from common.io.nifti import atomic_path
+
+__all__ = [
+    "ResumeFromLatest",
+    "LossTermsCSV",
+    "MetricCSV",
+    "latest_checkpoint",
+    "export_state_dict",
+    "load_state_dict_safely",
+]
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "latest*.pt") -> Path | None:
+    """Newest file matching ``pattern`` in ``ckpt_dir`` (by the iteration/epoch number in its name, then mtime)."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    files = [p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        return None
+    return max(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+class ResumeFromLatest:
+    """Attach a MONAI ``CheckpointLoader`` for the newest ``latest*.pt`` in ``ckpt_dir``, if there is one.
+
+    With ``load_dict = {"model": net, "optimizer": opt, "trainer": trainer}`` the run continues at the saved
+    iteration with the optimiser state restored; without a checkpoint it starts from scratch.
+    """
+
+    def __init__(self, ckpt_dir: str, load_dict: Mapping[str, Any], map_location: Any = None, enabled: bool = True):
+        self.ckpt_dir, self.load_dict, self.map_location, self.enabled = (
+            ckpt_dir,
+            dict(load_dict),
+            map_location,
+            enabled,
+        )
+        self.loaded_from: Path | None = None
+
+    def attach(self, engine) -> None:
+        if not self.enabled:
+            return
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            engine.logger.info(f"ResumeFromLatest: no checkpoint in {self.ckpt_dir}; starting from scratch.")
+            return
+        self.loaded_from = path
+        engine.logger.info(f"ResumeFromLatest: resuming from {path}.")
+        CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+
+
+class LossTermsCSV:
+    """Append each iteration's loss terms (``loss_function.last_terms``) to a CSV (flushed every ``every`` rows)."""
+
+    def __init__(self, path: str, loss_function: Any, every: int = 10) -> None:
+        self.path, self.loss_function, self.every = Path(path), loss_function, max(1, int(every))
+        self.buffer: list[dict[str, Any]] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._flush)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._flush_on_error)
+
+    def _collect(self, engine) -> None:
+        terms = dict(getattr(self.loss_function, "last_terms", {}) or {})
+        terms = {"iteration": engine.state.iteration, "epoch": engine.state.epoch, **terms}
+        self.buffer.append(terms)
+        if len(self.buffer) >= self.every:
+            self._flush(engine)
+
+    def _flush_on_error(self, engine, exc: Exception) -> None:
+        self._flush(engine)
+        raise exc
+
+    def _flush(self, engine) -> None:
+        if not self.buffer:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        keys = list(dict.fromkeys(k for row in self.buffer for k in row))
+        if not new:
+            with open(self.path) as fh:
+                header = next(csv.reader(fh), [])
+            keys = header + [k for k in keys if k not in header]
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(self.buffer)
+        self.buffer = []
+
+
+class MetricCSV:
+    """Evaluator handler: append ``engine.state.metrics`` with the trainer's epoch/iteration to a CSV after each run."""
+
+    def __init__(self, path: str, trainer: Any = None) -> None:
+        self.path, self.trainer = Path(path), trainer
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _write(self, engine) -> None:
+        row = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
+        if self.trainer is not None:
+            row = {"epoch": self.trainer.state.epoch, "iteration": self.trainer.state.iteration, **row}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint with ``weights_only=True``; return the state dict (``checkpoint[key]`` if given).
+
+    Raises:
+        FileNotFoundError / ValueError: missing file, or a file that holds pickled objects rather than tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: checkpoint not found.")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{p}: refused to load: not a plain tensor checkpoint ({type(exc).__name__}). Only state dicts load with "
+            "weights_only=True; pickled objects are never unpickled."
+        ) from exc
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(
+                f"{p}: checkpoint has no entry {key!r} (entries: {sorted(obj) if isinstance(obj, dict) else type(obj).__name__})."
+            )
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{p}: expected a state dict of tensors.")
+    return obj
+
+
+def export_state_dict(checkpoint: str | os.PathLike, out: str | os.PathLike, key: str = "model") -> Path:
+    """Write ``checkpoint[key]`` as a plain state dict (``models/model.pt``), atomically."""
+    state = load_state_dict_safely(checkpoint, key)
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    return Path(out)
