@@ -98,3 +98,28 @@ def test_train_validate_checkpoint_and_resume(bundle, tmp_path):
     assert trainer2.state.epoch == 2 and trainer2.state.iteration == 4
     assert first["trainer"]["iteration"] == 2
     assert len(list(csv.DictReader(open(out / "validation.csv")))) == 2
+
+
+@pytest.mark.parametrize("bundle", BRAIN_TRAIN_BUNDLES, ids=lambda p: p.name)
+def test_evaluate_config_scores_a_checkpoint(bundle, tmp_path):
+    datalist = make_tiny_brain_dataset(tmp_path)
+    wf = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="eval",
+        bundle_root=str(bundle),
+        datalist=str(datalist),
+        output_dir=str(tmp_path / "eval"),
+        device="cpu",
+        channels=8,
+    )
+    wf.initialize()
+    net = wf.parser.get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    wf.parser["ckpt_path"] = str(ckpt)
+    wf.initialize()
+    wf.run()
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "evaluation_test.csv")))
+    assert len(rows) == 1 and 0.0 < float(rows[0]["val_mean_dice"]) <= 1.0
