@@ -1,1 +1,30 @@
-"""common.losses"""
+"""Losses for registration: image similarity, label overlap and displacement regularisers.
+
+Every loss is an :class:`torch.nn.Module` returning a value to minimise, works in 2D and 3D, validates its
+inputs (errors start with the class name and show the shapes) and reduces through the one helper
+:func:`common.losses.reduce` (``none | mean | sum``, optional voxel-weight mask).
+"""
+
+from __future__ import annotations
+
+from common.losses._reduction import REDUCTIONS, reduce
+from common.losses.image import GlobalNCCLoss, LocalNCCLoss, MutualInformationLoss, NGFLoss, SSDLoss
+from common.losses.labels import BlurredBoundaryLoss, LabelSSDLoss, SoftDiceLoss, soft_dice
+from common.losses.regularisers import BendingEnergyRegulariser, CurvatureRegulariser, GradientRegulariser
+
+__all__ = [
+    "REDUCTIONS",
+    "BendingEnergyRegulariser",
+    "BlurredBoundaryLoss",
+    "CurvatureRegulariser",
+    "GlobalNCCLoss",
+    "GradientRegulariser",
+    "LabelSSDLoss",
+    "LocalNCCLoss",
+    "MutualInformationLoss",
+    "NGFLoss",
+    "SSDLoss",
+    "SoftDiceLoss",
+    "reduce",
+    "soft_dice",
+]

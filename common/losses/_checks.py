@@ -82,18 +82,14 @@ def check_pair(
                 f"{caller}: `{name}` must have shape (B, C, *S) with 2 or 3 spatial dims, got {_shape(x)}."
             )
     if pred.shape != target.shape:
-        raise ValueError(
-            f"{caller}: shape mismatch: `{names[0]}` {_shape(pred)} vs `{names[1]}` {_shape(target)}."
-        )
+        raise ValueError(f"{caller}: shape mismatch: `{names[0]}` {_shape(pred)} vs `{names[1]}` {_shape(target)}.")
     if channels is not None and pred.shape[1] != channels:
         raise ValueError(
             f"{caller}: expected {channels} channel(s), got `{names[0]}` {_shape(pred)} and "
             f"`{names[1]}` {_shape(target)}."
         )
     if min(pred.shape[2:]) < min_size:
-        raise ValueError(
-            f"{caller}: every spatial axis needs at least {min_size} voxels, got {_shape(pred)}."
-        )
+        raise ValueError(f"{caller}: every spatial axis needs at least {min_size} voxels, got {_shape(pred)}.")
     check_finite(pred, names[0], caller)
     check_finite(target, names[1], caller)
     check_mask(mask, pred, caller)

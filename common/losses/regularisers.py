@@ -1,0 +1,178 @@
+"""Smoothness regularisers of a displacement field ``(B, D, *S)`` in voxels (see :mod:`common.conventions`).
+
+All derivatives are finite differences in voxel units (no spacing: the field is in voxels of its own grid).
+Each regulariser evaluates its stencil only where the stencil fits inside the grid (no padding, no boundary
+conditions), so no artificial boundary term appears: the curvature and bending energies are zero up to
+rounding for *every* affine field, and the gradient (diffusion) energy is zero for every translation and
+equals ``mean(A^2)`` for the affine field ``u(x) = A x + t``. A ``mask`` ``(B, 1, *S)`` or ``(1, 1, *S)``
+weights voxels and is cropped to the same domain; reduction goes through
+:func:`common.losses._reduction.reduce` (``"none"`` returns the per-voxel energy map ``(B, 1, *S')``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.conventions import check_ddf
+from common.losses._checks import check_mask, crop_interior
+from common.losses._reduction import check_reduction, reduce
+
+__all__ = ["GradientRegulariser", "CurvatureRegulariser", "BendingEnergyRegulariser"]
+
+
+def _check(ddf: torch.Tensor, mask: torch.Tensor | None, caller: str, min_size: int) -> int:
+    dims = check_ddf(ddf, caller=caller)
+    if not ddf.is_floating_point():
+        raise TypeError(f"{caller}: `ddf` must be floating point, got dtype {ddf.dtype} (shape {tuple(ddf.shape)}).")
+    if min(ddf.shape[2:]) < min_size:
+        raise ValueError(
+            f"{caller}: every spatial axis needs at least {min_size} voxels, got `ddf` shape {tuple(ddf.shape)}."
+        )
+    check_mask(mask, ddf, caller)
+    return dims
+
+
+def _interior(x: torch.Tensor, offset: dict[int, int] | None = None) -> torch.Tensor:
+    """Values ``x[..., i + o]`` for interior indices ``i`` in ``[1, n - 1)`` of every spatial axis.
+
+    ``offset`` maps a spatial axis (0-based) to ``o`` in ``{-1, 0, 1}`` (default 0).
+    """
+    offset = offset or {}
+    index = (slice(None), slice(None)) + tuple(
+        slice(1 + offset.get(k, 0), n - 1 + offset.get(k, 0)) for k, n in enumerate(x.shape[2:])
+    )
+    return x[index]
+
+
+def _shift(x: torch.Tensor, axis: int, start: int, stop: int) -> torch.Tensor:
+    """Slice spatial ``axis`` (0-based) of ``(B, C, *S)`` to ``[start : n - stop]``, others untouched."""
+    index = [slice(None)] * x.ndim
+    index[axis + 2] = slice(start, x.shape[axis + 2] - stop)
+    return x[tuple(index)]
+
+
+class GradientRegulariser(nn.Module):
+    """Diffusion regulariser: mean over voxels and over all ``D x D`` Jacobian entries of ``|d u_j / d x_k|^p``.
+
+    Forward differences ``u(x + e_k) - u(x)`` (voxel units) evaluated on the ``(n_1 - 1) x ... x (n_D - 1)``
+    voxels where every forward difference exists. With ``penalty="l2"`` this is VoxelMorph's ``Grad('l2')``
+    (the diffusion term of Zhu et al.) up to which boundary face is included (VoxelMorph averages each axis
+    over its own ``n_k - 1`` slices); both agree exactly on fields with constant gradient. MONAI's
+    :class:`~monai.losses.DiffusionLoss` is not reused: it uses central differences ``(u(x+1) - u(x-1))/2``,
+    which are blind to a voxel-wise checkerboard, and sums rather than averages over the axes (``D`` times
+    this value on smooth fields).
+
+    Sign, range, optimum: ``>= 0``; ``0`` iff the field is a translation (constant). On an affine field
+    ``u(x) = A x + t`` it equals ``mean(A**2)`` (``"l2"``) or ``mean(|A|)`` (``"l1"``), not 0.
+
+    Args:
+        penalty: ``"l2"`` (squared differences, diffusion) or ``"l1"`` (absolute differences, total variation
+            of each component along each axis).
+        reduction: ``"mean"``/``"sum"`` over voxels and batch, or ``"none"`` for the per-voxel map.
+
+    References:
+        Balakrishnan G., et al. VoxelMorph: a learning framework for deformable medical image registration.
+        IEEE TMI 38(8), 2019.
+    """
+
+    def __init__(self, penalty: str = "l2", reduction: str = "mean") -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.reduction = check_reduction(reduction, name)
+        if penalty not in ("l1", "l2"):
+            raise ValueError(f"{name}: `penalty` must be 'l1' or 'l2', got {penalty!r}.")
+        self.penalty = penalty
+
+    def forward(self, ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        dims = _check(ddf, mask, type(self).__name__, min_size=2)
+        energy = ddf.new_zeros(())
+        for k in range(dims):
+            diff = _shift(ddf, k, 1, 0) - _shift(ddf, k, 0, 1)  # forward difference along axis k
+            for j in range(dims):
+                if j != k:  # crop the other axes to the common domain [0, n - 1)
+                    diff = _shift(diff, j, 0, 1)
+            term = diff * diff if self.penalty == "l2" else diff.abs()
+            energy = energy + term.sum(dim=1, keepdim=True)
+        values = energy / (dims * dims)
+        return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 0, 1))
+
+
+class CurvatureRegulariser(nn.Module):
+    """Curvature regulariser ``1/2 * sum_j (Laplacian u_j)^2``, averaged over interior voxels (Hering et al.).
+
+    The Laplacian is the standard ``2D + 1``-point stencil ``sum_k u(x + e_k) - 2 u(x) + u(x - e_k)`` in voxel
+    units, evaluated on the interior ``[1, n - 1)`` of every axis only. Fischer & Modersitzki's and Hering et
+    al.'s formulations impose Neumann boundary conditions, under which affine fields are penalised at the
+    border; evaluating on the interior keeps every affine field in the null space (value 0 up to rounding),
+    as intended.
+
+    Sign, range, optimum: ``>= 0``; ``0`` for affine fields (and any field with zero Laplacian, e.g. harmonic).
+
+    Args:
+        reduction: ``"mean"``/``"sum"`` over interior voxels and batch, or ``"none"`` for the map
+            ``(B, 1, *(S - 2))``.
+
+    References:
+        Fischer B., Modersitzki J. Curvature based image registration. JMIV 18, 2003.
+        Hering A., van Ginneken B., Heldmann S. mlVIRNET: multilevel variational image registration network.
+        MICCAI 2019.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction, type(self).__name__)
+
+    def forward(self, ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        dims = _check(ddf, mask, type(self).__name__, min_size=3)
+        lap = -2.0 * dims * _interior(ddf)
+        for k in range(dims):
+            lap = lap + _interior(ddf, {k: 1}) + _interior(ddf, {k: -1})
+        values = 0.5 * (lap * lap).sum(dim=1, keepdim=True)
+        return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 1, 1))
+
+
+class BendingEnergyRegulariser(nn.Module):
+    """Bending energy ``mean_j sum_{k,l} (d^2 u_j / dx_k dx_l)^2`` on interior voxels (MONAI's definition).
+
+    Same stencils and normalisation as MONAI :class:`~monai.losses.BendingEnergyLoss` (``normalize=False``),
+    pinned by a test: pure second derivatives with the ``[1, -2, 1]`` stencil, mixed ones with the 4-point
+    central stencil ``(u(+,+) - u(+,-) - u(-,+) + u(-,-)) / 4`` (counted twice), all on the interior
+    ``[1, n - 1)`` of every axis, so affine fields give 0 up to rounding. Note MONAI's normalisation: the
+    energy is **averaged** over the ``D`` displacement components (the textbook ``sum_j`` is ``D`` times
+    larger) and over interior voxels, in voxel units (no spacing, no rescaling by image size). MONAI's class
+    is not called directly because MONAI 1.6.1 indexes tensors with a *list* of slices there, which torch
+    2.13 deprecates with a warning on every call and has announced will change meaning.
+
+    Sign, range, optimum: ``>= 0``; ``0`` for affine fields.
+
+    Args:
+        reduction: ``"mean"``/``"sum"`` over interior voxels and batch, or ``"none"`` for the map
+            ``(B, 1, *(S - 2))``.
+
+    References:
+        Rueckert D., et al. Nonrigid registration using free-form deformations: application to breast MR
+        images. IEEE TMI 18(8), 1999.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = check_reduction(reduction, type(self).__name__)
+
+    def forward(self, ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        dims = _check(ddf, mask, type(self).__name__, min_size=3)
+        centre = _interior(ddf)
+        energy = torch.zeros_like(centre)
+        for k in range(dims):
+            d_kk = _interior(ddf, {k: 1}) - 2.0 * centre + _interior(ddf, {k: -1})
+            energy = energy + d_kk * d_kk
+            for l in range(k + 1, dims):
+                d_kl = (
+                    _interior(ddf, {k: 1, l: 1})
+                    - _interior(ddf, {k: 1, l: -1})
+                    - _interior(ddf, {k: -1, l: 1})
+                    + _interior(ddf, {k: -1, l: -1})
+                ) / 4.0
+                energy = energy + 2.0 * d_kl * d_kl
+        values = energy.mean(dim=1, keepdim=True)  # average over the D components, as MONAI does
+        return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 1, 1))
