@@ -192,8 +192,10 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
             "FreeSurfer codes (remap with common.transforms.brain.RemapLabelsd).",
             "grid": _grid_meta(res),
             **_labels_meta(),
-            "template": {"image": f"../template/template_t1_{res}mm.nii.gz",
-                         "label": f"../template/template_labels_{res}mm.nii.gz"},  # fmt: skip
+            "template": {
+                "image": f"../template/template_t1_{res}mm.nii.gz",
+                "label": f"../template/template_labels_{res}mm.nii.gz",
+            },  # fmt: skip
             "training": training,
             "training_subjects": subjects,
             "validation": entries[res]["validation"],

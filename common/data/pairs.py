@@ -147,4 +147,6 @@ def check_disjoint_subjects(splits: Mapping[str, Iterable[Mapping[str, Any]]]) -
             ids = [e[k] for k in ("moving_id", "fixed_id") if k in e] or [_subject(e, "check_disjoint_subjects")]
             for sid in ids:
                 if owner.setdefault(str(sid), split) != split:
-                    raise ValueError(f"check_disjoint_subjects: subject {sid!r} is in both {owner[str(sid)]!r} and {split!r}.")
+                    raise ValueError(
+                        f"check_disjoint_subjects: subject {sid!r} is in both {owner[str(sid)]!r} and {split!r}."
+                    )

@@ -56,18 +56,23 @@ def _like(out: torch.Tensor, ref: Any) -> torch.Tensor:
 
 
 class _RandTwin(Randomizable, MapTransform):
-    """Base of the random transforms: sample -> ``last_params`` -> apply the twin."""
+    """Base of the random transforms: ``randomize`` -> ``last_params`` -> apply ``twin()``."""
 
     twin_cls: type
+    last_params: dict[str, Any] | None = None
 
     def _twin_kwargs(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return {"keys": self.keys, "allow_missing_keys": self.allow_missing_keys}
 
     def twin(self) -> MapTransform:
         """The deterministic transform that applies ``last_params`` (replays the last sample)."""
-        if getattr(self, "last_params", None) is None:
+        if self.last_params is None:
             raise RuntimeError(f"{type(self).__name__}.twin: no sample drawn yet; call the transform first.")
         return self.twin_cls(**self._twin_kwargs(), **self.last_params)
+
+    def __call__(self, data: Mapping) -> dict:
+        self.randomize()
+        return self.twin()(data)
 
 
 class LabelsToImaged(MapTransform):
@@ -123,7 +128,6 @@ class RandLabelsToImaged(_RandTwin):
         self.label_key, self.image_key, self.contrast = label_key, image_key, contrast
         self.skull_strip, self.mean_range, self.std_range = skull_strip, mean_range, std_range
         self.size = int(max_code) + 1
-        self.last_params: dict[str, Any] | None = None
 
     def randomize(self, data: Any = None) -> None:
         means = self.R.uniform(*self.mean_range, self.size)
@@ -144,10 +148,6 @@ class RandLabelsToImaged(_RandTwin):
 
     def _twin_kwargs(self) -> dict[str, Any]:
         return {"label_key": self.label_key, "image_key": self.image_key}
-
-    def __call__(self, data: Mapping) -> dict:
-        self.randomize()
-        return self.twin()(data)
 
 
 class BiasFieldd(MapTransform):
@@ -174,18 +174,10 @@ class RandBiasFieldd(_RandTwin):
     def __init__(self, keys, max_std: float = 0.3, grid: Sequence[int] = (4, 4, 4), allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.max_std, self.grid = float(max_std), tuple(int(g) for g in grid)
-        self.last_params = None
 
     def randomize(self, data: Any = None) -> None:
         s = self.R.uniform(0, self.max_std)
         self.last_params = {"coefficients": self.R.normal(0, s, self.grid).astype(np.float32)}
-
-    def _twin_kwargs(self) -> dict[str, Any]:
-        return {"keys": self.keys, "allow_missing_keys": self.allow_missing_keys}
-
-    def __call__(self, data: Mapping) -> dict:
-        self.randomize()
-        return self.twin()(data)
 
 
 class GaussianBlurd(MapTransform):
@@ -210,17 +202,9 @@ class RandGaussianBlurd(_RandTwin):
     def __init__(self, keys, sigma_range=(0.0, 1.0), spacing: float = 1.0, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.sigma_range, self.spacing = sigma_range, float(spacing)
-        self.last_params = None
 
     def randomize(self, data: Any = None) -> None:
         self.last_params = {"sigma": [float(s) / self.spacing for s in self.R.uniform(*self.sigma_range, 3)]}
-
-    def _twin_kwargs(self) -> dict[str, Any]:
-        return {"keys": self.keys, "allow_missing_keys": self.allow_missing_keys}
-
-    def __call__(self, data: Mapping) -> dict:
-        self.randomize()
-        return self.twin()(data)
 
 
 class NormaliseGammad(MapTransform):
@@ -245,17 +229,9 @@ class RandGammad(_RandTwin):
     def __init__(self, keys, log_std: float = 0.25, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.log_std = float(log_std)
-        self.last_params = None
 
     def randomize(self, data: Any = None) -> None:
         self.last_params = {"gamma": float(np.exp(self.R.normal(0, self.log_std)))}
-
-    def _twin_kwargs(self) -> dict[str, Any]:
-        return {"keys": self.keys, "allow_missing_keys": self.allow_missing_keys}
-
-    def __call__(self, data: Mapping) -> dict:
-        self.randomize()
-        return self.twin()(data)
 
 
 class AddNoised(MapTransform):
@@ -281,17 +257,9 @@ class RandNoised(_RandTwin):
     def __init__(self, keys, std_range=(0.0, 0.03), allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.std_range = std_range
-        self.last_params = None
 
     def randomize(self, data: Any = None) -> None:
         self.last_params = {"std": float(self.R.uniform(*self.std_range)), "seed": int(self.R.randint(0, 2**31 - 1))}
-
-    def _twin_kwargs(self) -> dict[str, Any]:
-        return {"keys": self.keys, "allow_missing_keys": self.allow_missing_keys}
-
-    def __call__(self, data: Mapping) -> dict:
-        self.randomize()
-        return self.twin()(data)
 
 
 class Deformd(MapTransform):
@@ -306,8 +274,9 @@ class Deformd(MapTransform):
 
     def __init__(self, image_keys=(), label_keys=(), matrix=None, control_points=None, stride: int = 16,
                  num_steps: int = 7, allow_missing_keys: bool = False):  # fmt: skip
-        image_keys, label_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys), (
-            [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        image_keys, label_keys = (
+            [image_keys] if isinstance(image_keys, str) else list(image_keys),
+            ([label_keys] if isinstance(label_keys, str) else list(label_keys)),
         )
         super().__init__(image_keys + label_keys, allow_missing_keys)
         self.image_keys, self.label_keys = image_keys, label_keys
@@ -357,7 +326,6 @@ class RandDeformd(_RandTwin):
         self.rotation, self.scale, self.shear, self.translation = rotation, scale, shear, translation
         self.svf_std, self.spacing = float(svf_std), float(spacing)
         self.stride = max(int(round(stride / self.spacing)), 1)
-        self.last_params = None
 
     def randomize(self, data: Any = None) -> None:
         shape = data

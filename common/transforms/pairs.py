@@ -29,7 +29,9 @@ def paired_random_crop(
         keys: keys cropped together (labels included so that label losses see the same patch).
         allow_missing_keys: pairs without labels are fine.
     """
-    return RandSpatialCropd(keys=list(keys), roi_size=roi_size, random_size=False, allow_missing_keys=allow_missing_keys)
+    return RandSpatialCropd(
+        keys=list(keys), roi_size=roi_size, random_size=False, allow_missing_keys=allow_missing_keys
+    )
 
 
 class StackPaird(MapTransform):

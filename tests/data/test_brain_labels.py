@@ -116,7 +116,8 @@ def test_list_label_maps_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "array, match", [(np.zeros((8, 8, 8), np.float32), "empty"), (np.full((8, 8, 8), 2.5, np.float32), "not a label map")]
+    "array, match",
+    [(np.zeros((8, 8, 8), np.float32), "empty"), (np.full((8, 8, 8), 2.5, np.float32), "not a label map")],
 )
 def test_align_label_map_bad_inputs(tmp_path, array, match):
     path = tmp_path / "training_seg_05.nii.gz"

@@ -73,7 +73,9 @@ def test_grids_are_consistent():
     assert g1.spacing == (1.0, 1.0, 1.0) and g2.spacing == (2.0, 2.0, 2.0)
     assert nib.aff2axcodes(g1.affine) == ("L", "I", "A") == nib.aff2axcodes(g2.affine)
     # 2 mm voxel (i, j, k) = centre of the 1 mm block (2i..2i+1, ...)
-    block = np.mean([g1.affine @ [2 * 3 + a, 2 * 5 + b, 2 * 7 + c, 1] for a in (0, 1) for b in (0, 1) for c in (0, 1)], 0)
+    block = np.mean(
+        [g1.affine @ [2 * 3 + a, 2 * 5 + b, 2 * 7 + c, 1] for a in (0, 1) for b in (0, 1) for c in (0, 1)], 0
+    )
     assert np.allclose(g2.affine @ [3, 5, 7, 1], block)
     lo = g1.affine @ [159, 191, 0, 1]
     hi = g1.affine @ [0, 0, 223, 1]
@@ -131,5 +133,3 @@ def test_template_sources_pin_hashes():
     for members in tpl.TEMPLATE_SOURCES.values():
         for m in members.values():
             assert len(m.sha256) == 64 and m.member.endswith(".nii.gz") and "==" not in m.version
-
-

@@ -51,9 +51,7 @@ def _codes(labels: torch.Tensor, caller: str) -> torch.Tensor:
     return codes
 
 
-def labels_to_image(
-    labels: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, seed: int = 0
-) -> torch.Tensor:
+def labels_to_image(labels: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Gaussian mixture image: voxel intensity ~ N(means[code], stds[code]**2), independently per voxel.
 
     Args:

@@ -179,7 +179,12 @@ def synthesize_pair(
     out: dict[str, np.ndarray] = {}
     for i, (role, lab) in enumerate((("moving", moving_labels), ("fixed", fixed_labels))):
         chain = synth_brain_transforms(
-            f"{role}_label", f"{role}_image", contrast=contrast, spacing=spacing, remap=False, deform_kwargs=deform_kwargs
+            f"{role}_label",
+            f"{role}_image",
+            contrast=contrast,
+            spacing=spacing,
+            remap=False,
+            deform_kwargs=deform_kwargs,
         )
         chain.set_random_state(seed=int(seed) * 2 + i)
         d = chain({f"{role}_label": torch.as_tensor(np.asarray(lab, dtype=np.float32))[None]})
