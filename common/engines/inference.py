@@ -125,6 +125,7 @@ class LoadRegistrationPaird(MapTransform):
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
+        d["t_start"] = time.perf_counter()
         mov, mov_aff = self._read(d["moving_image"], "moving")
         fix, fix_aff = self._read(d["fixed_image"], "fixed")
         for arr, key in ((mov, "moving_image"), (fix, "fixed_image")):
@@ -283,6 +284,9 @@ class SaveRegistrationOutputsd(Transform):
                 res = resample_to_grid(t, geo["net_affine"], geo["fixed_affine"], fixed_shape)[0]
                 written[name] = str(write_nifti(res[0].numpy(), geo["fixed_affine"], out / f"{name}.nii.gz"))
         metrics["seconds_postprocess"] = time.perf_counter() - start
+        if "t_start" in item:
+            # reading + resampling + network + mapping back + writing every output, for this pair
+            metrics["seconds_total"] = time.perf_counter() - float(item["t_start"])
         if self.write_qc:
             written["qc"] = str(
                 save_qc_figure(
