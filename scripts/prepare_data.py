@@ -123,8 +123,8 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
           n_pairs: int = 4, contrast: str = "t1", force: bool = False) -> dict[str, Any]:  # fmt: skip
     """Synthetic brain data from the 20 SynthSeg label maps (training_seg_01..20.nii.gz).
 
-    Steps: (1) template (see `template`); (2) affine-align every label map to the template (ITK, cached
-    transforms in brain/transforms/) and write FreeSurfer-coded maps on the 1 mm and 2 mm grids
+    Steps: (1) template (see `template`); (2) affine-align every label map to the template atlas (ITK Mattes
+    MI between label-coded pseudo-T1 images, cached transforms in brain/transforms/) and write FreeSurfer-coded maps on the 1 mm and 2 mm grids
     (brain/labels_{1,2}mm/seg_NN.nii.gz); (3) a fixed held-out set of synthetic pairs: validation from maps
     17<->18, test from maps 19<->20 (brain/heldout/<split>/pair_NN/, images uint8 x 1/255 in [0,1], labels = evaluation
     FreeSurfer codes); (4) brain/datalist_{1,2}mm.json with "training" (all ordered pairs of maps 1-16 as
@@ -142,13 +142,19 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
     t_start = time.perf_counter()
     tpl = template(out_dir, cache_dir)
     folder = Path(out_dir) / "brain"
-    _check_config(folder, {"n_pairs": int(n_pairs), "contrast": contrast, "template": "deepmriprep"}, "brain")
+    config = {
+        "n_pairs": int(n_pairs),
+        "contrast": contrast,
+        "template": "deepmriprep",
+        "align": "labels-to-atlas-mattes",
+    }
+    _check_config(folder, config, "brain")
     items = list_label_maps(label_dir)
     timings: dict[str, Any] = {"align_s": {}, "pair_s": {}}
     aligned = {}
     for item in tqdm(items, desc="align label maps", unit="map"):
         t0 = time.perf_counter()
-        r = align_label_map(item["label"], tpl["image_2mm"], folder, force=force)
+        r = align_label_map(item["label"], tpl["image_2mm"], folder, template_labels=tpl["labels_2mm"], force=force)
         aligned[item["id"]] = r
         if not r["cached"]:
             timings["align_s"][item["id"]] = {"registration": round(float(r["seconds"]), 2),
@@ -211,7 +217,7 @@ def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAUL
                force: bool = False) -> dict[str, Any]:  # fmt: skip
     """Real OASIS-1 T1s (4 subjects; 13 labels for subject A) affinely aligned to the template grid.
 
-    Writes oasis_real/<id>_t1_{1,2}mm.nii.gz (float32), oasis_a_labels13_{1,2}mm.nii.gz (uint8, 1..13) and
+    Writes oasis_real/<id>_t1_{1,2}mm.nii.gz (uint8 x 1/255), oasis_a_labels13_{1,2}mm.nii.gz (uint8, 1..13) and
     oasis_real/datalist_{1,2}mm.json with "subjects" and "test" (all 12 ordered real pairs, images only).
     The alignment uses ITK Mattes MI (common.data.brain.align.affine_align, image mode).
 
@@ -238,8 +244,9 @@ def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAUL
                 labels = (load_onehot_labels(item["label_onehot"], item["image"]), aff)
             res = affine_align(item["image"], tpl["image_2mm"], moving_labels=labels, mode="image")
             timings[sid] = round(res.seconds, 2)
-            write_nifti(res.image, TEMPLATE_GRID_1MM.affine, out[1], dtype=np.float32)
-            write_nifti(downsample_image_2x(res.image), TEMPLATE_GRID_2MM.affine, out[2], dtype=np.float32)
+            image = np.clip(res.image, 0.0, 1.0)  # OASIS intensities are k/255 in [0, 0.86]
+            write_unit_image(image, TEMPLATE_GRID_1MM.affine, out[1])
+            write_unit_image(downsample_image_2x(image), TEMPLATE_GRID_2MM.affine, out[2])
             if lab:
                 write_nifti(res.labels, TEMPLATE_GRID_1MM.affine, lab[1], dtype=np.uint8)
                 write_nifti(downsample_labels_2x(res.labels.astype(np.uint8)), TEMPLATE_GRID_2MM.affine, lab[2])

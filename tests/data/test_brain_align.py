@@ -54,11 +54,25 @@ def test_affine_align_recovers_known_transform():
     np.testing.assert_allclose(A.itk_to_world_matrix(res.transform), res.world)
 
 
+def test_label_to_label_alignment_recovers_shift():
+    from tests.data.test_brain_synth import tiny_label_map
+
+    atlas = tiny_label_map(40)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    moving = np.roll(atlas, (3, -2, 2), axis=(0, 1, 2))  # brain shifted by (6, -4, 4) mm
+    res = A.affine_align((moving, aff), (atlas.astype(np.float32), aff), template_labels=(atlas, aff), mode="labels",
+                         grid=Grid(atlas.shape, aff), iterations=(100, 50), sampling=0.5)  # fmt: skip
+    np.testing.assert_allclose(res.world[:3, 3], [6.0, -4.0, 4.0], atol=0.6)
+    assert np.mean(res.labels == atlas) > 0.97 > np.mean(moving == atlas)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"mode": "points"}, "mode must be"),
         ({"levels": (2, 1), "iterations": (10,)}, "same length"),
+        ({"metric": "ncc"}, "metric must be"),
+        ({"template_labels": (np.ones((4, 4, 4)), np.eye(4))}, "only used with mode='labels'"),
     ],
 )
 def test_affine_align_argument_errors(kwargs, match):
@@ -135,10 +149,11 @@ def test_real_label_map_aligns_to_template(tmp_path):
     from common.data.brain.template import build_template
 
     paths = build_template()
-    r = align_label_map(SHARED / "brain_label_maps" / "training_seg_02.nii.gz", paths.image_2mm, tmp_path)
+    seg = SHARED / "brain_label_maps" / "training_seg_02.nii.gz"
+    r = align_label_map(seg, paths.image_2mm, tmp_path, template_labels=paths.labels_2mm)
     lab = remap_to_eval(nib.load(str(r["label_1mm"])).get_fdata())
     atlas = remap_to_eval(nib.load(str(paths.labels_1mm)).get_fdata())
     dice = [2 * ((lab == k) & (atlas == k)).sum() / ((lab == k).sum() + (atlas == k).sum()) for k in (1, 2, 19, 20)]
     assert min(dice) > 0.5, dice
-    again = align_label_map(SHARED / "brain_label_maps" / "training_seg_02.nii.gz", paths.image_2mm, tmp_path)
+    again = align_label_map(seg, paths.image_2mm, tmp_path, template_labels=paths.labels_2mm)
     assert again["cached"]

@@ -158,3 +158,29 @@ def test_write_unit_image_round_trip(tmp_path):
     assert np.abs(back - img).max() <= 0.5 / 255 + 1e-6
     with pytest.raises(ValueError, match=r"\[0, 1\] \(.*x2.nii.gz\)"):
         S.write_unit_image(img + 1, np.eye(4), tmp_path / "x2.nii.gz")
+
+
+def test_training_and_evaluation_pipelines_from_files(tmp_path):
+    from tests.data.test_brain_synth import tiny_label_map
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    lab = tiny_label_map(32).astype(np.uint16)
+    for name, arr in (("m", lab), ("f", lab[::-1].copy())):
+        nib.save(nib.Nifti1Image(arr, aff), str(tmp_path / f"{name}.nii.gz"))
+    entry = {"moving_label": str(tmp_path / "m.nii.gz"), "fixed_label": str(tmp_path / "f.nii.gz")}
+    train = S.training_transforms(spacing=2.0, roi_size=(16, 16, 16), deform_kwargs={"stride": 16})
+    train.set_random_state(0)
+    out = train(dict(entry))
+    assert out["image"].shape == (2, 16, 16, 16) and out["moving_label"].shape == (1, 16, 16, 16)
+    assert int(out["fixed_label"].max()) <= len(L.BRAIN_EVAL_CODES)
+    pair = S.synthesize_pair(lab, lab, seed=0, spacing=2.0, deform_kwargs={"stride": 16})
+    for key, arr in pair.items():
+        path = tmp_path / f"{key}.nii.gz"
+        if key.endswith("image"):
+            S.write_unit_image(arr, aff, path)
+        else:
+            nib.save(nib.Nifti1Image(arr, aff), str(path))
+    ev = S.evaluation_transforms()({k: str(tmp_path / f"{k}.nii.gz") for k in pair})
+    assert ev["image"].shape == (2, 32, 32, 32) and float(ev["image"].max()) <= 1.0
+    assert set(np.unique(ev["moving_label"].numpy()).astype(int)) <= set(range(33))
+    assert np.allclose(ev["moving_image"][0].numpy(), pair["moving_image"], atol=0.5 / 255 + 1e-6)

@@ -25,9 +25,12 @@ from common.data.brain.synthetic import (
     VALIDATION_IDS,
     align_label_map,
     check_no_held_out,
+    evaluation_transforms,
     list_label_maps,
     split_label_maps,
     synthesize_pair,
+    training_transforms,
+    write_unit_image,
 )
 from common.data.brain.template import (
     TEMPLATE_GRID_1MM,
@@ -57,6 +60,7 @@ __all__ = [
     "build_template",
     "check_no_held_out",
     "demo_pair",
+    "evaluation_transforms",
     "label_pseudo_image",
     "list_label_maps",
     "list_oasis_t1",
@@ -68,4 +72,6 @@ __all__ = [
     "split_label_maps",
     "synthesize_pair",
     "template_grid",
+    "training_transforms",
+    "write_unit_image",
 ]

@@ -42,7 +42,7 @@ class AlignResult:
         grid: grid the outputs were resampled onto.
         image: moving image resampled onto ``grid`` (linear), or None.
         labels: moving label map resampled onto ``grid`` (nearest), or None.
-        metric: final Mattes mutual information value (lower is better).
+        metric: final metric value (Mattes MI or mean squares; lower is better).
         seconds: wall time of the registration alone.
     """
 
@@ -140,11 +140,13 @@ def affine_align(
     template: Any,
     *,
     moving_labels: Any = None,
+    template_labels: Any = None,
     mode: str = "image",
+    metric: str = "mattes",
     grid: Grid | None = None,
-    levels: tuple[int, ...] = (4, 2, 1),
-    iterations: tuple[int, ...] = (200, 100, 50),
-    sampling: float = 0.1,
+    levels: tuple[int, ...] = (2, 1),
+    iterations: tuple[int, ...] = (300, 100),
+    sampling: float = 0.2,
     seed: int = 0,
     mask_threshold: float = 0.05,
 ) -> AlignResult:
@@ -153,14 +155,19 @@ def affine_align(
     Args:
         moving: T1 image (``mode="image"``) or FreeSurfer label map (``mode="labels"``): a NIfTI path, a
             nibabel image or ``(array, affine)``.
-        template: skull-stripped T1 template, same input types (e.g.
-            ``build_template().image_1mm``).
+        template: skull-stripped T1 template, same input types (e.g. ``build_template().image_2mm``: the
+            default pyramid then runs at 4 and 2 mm, which is as accurate for an affine as 1 mm and ~5x faster).
         moving_labels: optional label map on the moving image's grid, resampled with the same transform
             (``mode="image"`` only; in ``mode="labels"`` the moving volume itself is the label map).
-        mode: ``"image"`` (Mattes MI on the intensities) or ``"labels"`` (Mattes MI on
-            :func:`label_pseudo_image`; brain mask = labels not background and not extra-cerebral).
+        template_labels: FreeSurfer-coded template atlas (``mode="labels"`` only). When given, the fixed image
+            is the atlas's :func:`label_pseudo_image`, so both sides share one intensity coding (label-to-label
+            registration); measured on the 20 SynthSeg maps this raises the mean 32-structure Dice with the
+            atlas, most for atrophied brains.
+        mode: ``"image"`` (metric on the intensities) or ``"labels"`` (metric on :func:`label_pseudo_image`;
+            brain mask = labels neither background, CSF nor extra-cerebral).
+        metric: ``"mattes"`` (Mattes mutual information, 32 bins) or ``"meansquares"`` (same-coding inputs only).
         grid: output grid (default the 1 mm template grid).
-        levels: pyramid shrink factors (smoothing sigma = factor / 2 voxels).
+        levels: pyramid shrink factors relative to the template grid (smoothing sigma = factor / 2 voxels).
         iterations: gradient-descent iterations per level.
         sampling: fraction of fixed voxels sampled by the metric per iteration.
         seed: sampling seed (the result is deterministic for a given seed and thread count).
@@ -176,6 +183,10 @@ def affine_align(
     """
     if mode not in ("image", "labels"):
         raise ValueError(f"affine_align: mode must be 'image' or 'labels', got {mode!r}.")
+    if metric not in ("mattes", "meansquares"):
+        raise ValueError(f"affine_align: metric must be 'mattes' or 'meansquares', got {metric!r}.")
+    if template_labels is not None and mode != "labels":
+        raise ValueError("affine_align: `template_labels` is only used with mode='labels'.")
     if len(levels) != len(iterations) or not levels:
         raise ValueError(f"affine_align: `levels` {levels} and `iterations` {iterations} need the same length >= 1.")
     grid = grid or TEMPLATE_GRID_1MM
@@ -184,7 +195,7 @@ def affine_align(
     if mode == "labels":
         lab, mov_aff = load_volume(moving, "moving", labels=True)
         lab = np.rint(lab).astype(np.int32)
-        mov_mask = (lab > 0) & ~np.isin(lab, EXTRA_CEREBRAL_CODES)
+        mov_mask = (lab > 0) & ~np.isin(lab, (24, *EXTRA_CEREBRAL_CODES))
         mov_img, mov_labels = label_pseudo_image(lab), lab
     else:
         mov_raw, mov_aff = load_volume(moving, "moving")
@@ -198,8 +209,14 @@ def affine_align(
                     f"affine_align: `moving_labels` geometry {mov_labels.shape} does not match the image "
                     f"{mov_img.shape} ({name}); labels must share the image grid and affine."
                 )
+    if template_labels is not None:
+        atlas, atlas_aff = load_volume(template_labels, "template_labels", labels=True)
+        atlas = np.rint(atlas).astype(np.int32)
+        fixed, fixed_aff = label_pseudo_image(atlas), atlas_aff
+        fix_mask = (atlas > 0) & ~np.isin(atlas, (24, *EXTRA_CEREBRAL_CODES))
     fixed = fixed / max(float(np.percentile(fixed, 99.5)), 1e-6)
-    fix_mask = fixed > mask_threshold
+    if template_labels is None:
+        fix_mask = fixed > mask_threshold
     for m, what in ((mov_mask, name), (fix_mask, "template")):
         if not m.any():
             raise ValueError(f"affine_align: {what}: brain mask is empty (all voxels background / below threshold).")
@@ -219,21 +236,24 @@ def affine_align(
     transform.SetTranslation([float(v) for v in c_mov - c_fix])
 
     image_type = type(fixed_itk)
-    metric = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
-    metric.SetNumberOfHistogramBins(32)
+    if metric == "mattes":
+        metric_obj = itk.MattesMutualInformationImageToImageMetricv4[image_type, image_type].New()
+        metric_obj.SetNumberOfHistogramBins(32)
+    else:
+        metric_obj = itk.MeanSquaresImageToImageMetricv4[image_type, image_type].New()
     optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New()
     optimizer.SetLearningRate(1.0)
     optimizer.SetMinimumStepLength(1e-3)
     optimizer.SetRelaxationFactor(0.7)
     optimizer.SetGradientMagnitudeTolerance(1e-8)
     optimizer.SetNumberOfIterations(int(iterations[0]))
-    scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New()
-    scales.SetMetric(metric)
+    scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric_obj)].New()
+    scales.SetMetric(metric_obj)
     optimizer.SetScalesEstimator(scales)
     reg = itk.ImageRegistrationMethodv4[image_type, image_type].New()
     reg.SetFixedImage(fixed_itk)
     reg.SetMovingImage(moving_itk)
-    reg.SetMetric(metric)
+    reg.SetMetric(metric_obj)
     reg.SetOptimizer(optimizer)
     reg.SetInitialTransform(transform)
     reg.InPlaceOn()

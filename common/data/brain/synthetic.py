@@ -46,6 +46,8 @@ __all__ = [
     "synthesize_pair",
     "downsample_pair",
     "write_unit_image",
+    "training_transforms",
+    "evaluation_transforms",
 ]
 
 LABEL_MAP_GLOB = "training_seg_*.nii.gz"
@@ -109,6 +111,7 @@ def align_label_map(
     path: str | os.PathLike,
     template_image: str | os.PathLike,
     out_dir: str | os.PathLike,
+    template_labels: str | os.PathLike | None = None,
     force: bool = False,
     **align_kwargs,
 ) -> dict[str, object]:
@@ -119,8 +122,11 @@ def align_label_map(
     transform is reused (no registration) unless ``force``; finished outputs are skipped.
 
     Args:
-        path: native label map. template_image: template T1 used as the fixed image (the 2 mm template
-            is as accurate for an affine and ~5x faster). align_kwargs: passed to ``affine_align``.
+        path: native label map.
+        template_image: template T1 (the 2 mm template is as accurate for an affine and ~5x faster).
+        template_labels: template atlas on the same grid; when given the registration is label-to-label
+            (pseudo-T1 of both label maps), which aligns atrophied brains better (see ``affine_align``).
+        align_kwargs: passed to ``affine_align``.
 
     Returns:
         ``{"id", "label_1mm", "label_2mm", "transform", "seconds", "cached"}``.
@@ -141,7 +147,13 @@ def align_label_map(
     if not (codes > 0).any():
         raise ImageReadError(f"{path}: label map is empty (all background).")
     if force or not world_txt.is_file():
-        res = affine_align((codes.astype(np.int32), affine), template_image, mode="labels", **align_kwargs)
+        res = affine_align(
+            (codes.astype(np.int32), affine),
+            template_image,
+            template_labels=template_labels,
+            mode="labels",
+            **align_kwargs,
+        )
         import itk
 
         tfm.parent.mkdir(parents=True, exist_ok=True)
@@ -216,3 +228,50 @@ def write_unit_image(image: np.ndarray, affine: np.ndarray, path: str | os.PathL
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+def training_transforms(
+    spacing: float = 2.0, contrast: str = "t1", roi_size: Sequence[int] | None = None, deform_kwargs: dict | None = None
+):
+    """MONAI pipeline for a training entry ``{"moving_label", "fixed_label"}`` of ``brain/datalist_*mm.json``.
+
+    Loads both FreeSurfer-coded maps, synthesises each side independently (deformation, T1-like or random
+    contrast, bias, blur, gamma, noise), remaps labels to consecutive evaluation indices, optionally crops the
+    same random patch from all four arrays, and stacks ``image = [moving_image, fixed_image]``.
+
+    Args:
+        spacing: mm per voxel of the datalist's grid (2 for ``datalist_2mm.json``).
+        contrast: ``"t1"`` or ``"random"``. roi_size: optional patch size (same location for all keys).
+    """
+    from monai.transforms import Compose, LoadImaged
+
+    from common.transforms.brain import synth_brain_transforms
+    from common.transforms.pairs import StackPaird, paired_random_crop
+
+    chain: list = [LoadImaged(["moving_label", "fixed_label"], image_only=True, ensure_channel_first=True)]
+    for role in ("moving", "fixed"):
+        chain.append(
+            synth_brain_transforms(
+                f"{role}_label", f"{role}_image", contrast=contrast, spacing=spacing, deform_kwargs=deform_kwargs
+            )
+        )
+    if roi_size is not None:
+        chain.append(paired_random_crop(roi_size))
+    chain.append(StackPaird())
+    return Compose(chain)
+
+
+def evaluation_transforms():
+    """MONAI pipeline for a validation/test entry: load the fixed synthetic pair, remap labels, stack ``image``."""
+    from monai.transforms import Compose, LoadImaged
+
+    from common.transforms.brain import RemapLabelsd
+    from common.transforms.pairs import PAIR_KEYS, StackPaird
+
+    return Compose(
+        [
+            LoadImaged(list(PAIR_KEYS), image_only=True, ensure_channel_first=True),
+            RemapLabelsd(["moving_label", "fixed_label"]),
+            StackPaird(),
+        ]
+    )
