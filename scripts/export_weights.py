@@ -1,0 +1,74 @@
+"""Export a training checkpoint as a bundle's ``models/model.pt`` (plain state dict) and record its sha256.
+
+Usage::
+
+    python scripts/export_weights.py --bundle brain_mri_hybrid_loss \
+        --checkpoint bundles/brain_mri_hybrid_loss/runs/train/checkpoints/best_model.pt
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import fire
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.engines.training import export_state_dict, load_state_dict_safely  # noqa: E402
+from common.io.nifti import atomic_path  # noqa: E402
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main(bundle: str, checkpoint: str, key: str | None = None, url: str = "") -> str:
+    """Write ``bundles/<bundle>/models/model.pt`` from ``checkpoint`` and update ``large_files.yml``.
+
+    Args:
+        bundle: bundle folder name.
+        checkpoint: a CheckpointSaver file (``{"model": ...}``) or a plain state dict.
+        key: entry holding the network state (default: "model" if present, else the file is the state dict).
+        url: download URL to record (release packaging fills it).
+    """
+    b = ROOT / "bundles" / bundle
+    out = b / "models" / "model.pt"
+    ckpt = Path(checkpoint)
+    if key is None:
+        import torch
+
+        obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+        key = "model" if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) else None
+    if key is None:
+        state = load_state_dict_safely(ckpt)
+        import torch
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            torch.save(state, tmp)
+    else:
+        export_state_dict(ckpt, out, key)
+    digest = sha256(out)
+    text = (
+        "large_files:\n"
+        '  - path: "models/model.pt"\n'
+        f'    url: "{url}"\n'
+        f'    hash_val: "{digest}"\n'
+        '    hash_type: "sha256"\n'
+    )
+    with atomic_path(b / "large_files.yml") as tmp:
+        tmp.write_text(text)
+    print(f"export_weights: {out} ({out.stat().st_size / 2**20:.1f} MiB, sha256 {digest})")
+    return str(out)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
