@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,11 +129,29 @@ class LoadRegistrationPaird(MapTransform):
         d["t_start"] = time.perf_counter()
         mov, mov_aff = self._read(d["moving_image"], "moving")
         fix, fix_aff = self._read(d["fixed_image"], "fixed")
+        for aff, key in ((mov_aff, "moving_image"), (fix_aff, "fixed_image")):
+            sp = np.sqrt((aff[: self.dims, : self.dims] ** 2).sum(0))
+            if not np.all(np.isfinite(sp)) or sp.min() < 0.05 or sp.max() > 50.0:
+                raise ImageReadError(
+                    f"{d[key]}: voxel spacing {tuple(round(float(v), 6) for v in sp)} mm is outside 0.05-50 mm; "
+                    "the header's affine is probably wrong."
+                )
         for arr, key in ((mov, "moving_image"), (fix, "fixed_image")):
             if float(arr.max()) == float(arr.min()):
                 raise ImageReadError(
                     f"{d[key]}: image is constant ({float(arr.min()):.4g} everywhere); nothing to register."
                 )
+        for key, img_arr, img_aff in (("moving_label", mov, mov_aff), ("fixed_label", fix, fix_aff)):
+            if d.get(key):
+                lab, lab_aff = self._read(d[key], key)
+                image_key = key.replace("label", "image")
+                if lab.shape != img_arr.shape or not np.allclose(lab_aff, img_aff, atol=1e-3):
+                    raise ImageReadError(
+                        f"{d[key]}: label geometry (shape {lab.shape}) does not match {d[image_key]} "
+                        f"(shape {img_arr.shape}) or their affines differ; labels must be on their image's grid."
+                    )
+                if not np.any(lab):
+                    raise ImageReadError(f"{d[key]}: label map is empty (all background).")
         net_aff, net_shape = network_grid(fix_aff, fix.shape, self.spacing, self.axcodes, self.multiple, self.shape)
         if int(np.prod(net_shape)) > self.max_voxels:
             raise ImageReadError(
@@ -207,11 +226,6 @@ class SaveRegistrationOutputsd(Transform):
         self.extra_outputs = extra_outputs
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        from common.io.itk_field import write_itk_displacement
-        from common.io.l2r import write_l2r_displacement
-        from common.io.qc import save_qc_figure
-        from common.metrics import dice_per_label, percent_folding, sdlogj
-
         start = time.perf_counter()
         geo = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in item["geometry"].items()}
         paths = item["paths"]
@@ -231,7 +245,28 @@ class SaveRegistrationOutputsd(Transform):
         t_mov = torch.as_tensor(moving)[None, None]
         warped = warp_to_fixed(t_mov, geo["moving_affine"], ddf, geo["fixed_affine"])[0, 0].numpy()
         unwarped = warp_to_fixed(t_mov, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"])[0, 0].numpy()
-        out.mkdir(parents=True, exist_ok=True)
+        final_out = out
+        out = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        try:
+            self._write_all(item, out, final_out, geo, paths, ddf, ddf_net, moving, fixed, warped, unwarped, start)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        if final_out.exists():
+            shutil.rmtree(final_out)
+        os.replace(out, final_out)
+        return item
+
+    def _write_all(self, item, out, final_out, geo, paths, ddf, ddf_net, moving, fixed, warped, unwarped, start):
+        from common.io.itk_field import write_itk_displacement
+        from common.io.l2r import write_l2r_displacement
+        from common.io.qc import save_qc_figure
+        from common.metrics import dice_per_label, percent_folding, sdlogj
+
+        dims = ddf.shape[1]
+        fixed_shape = tuple(int(s) for s in geo["fixed_shape"])
         written = {
             "warped_image": str(
                 write_nifti(warped, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped.nii.gz")
@@ -299,10 +334,10 @@ class SaveRegistrationOutputsd(Transform):
                     metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")},
                 )
             )
+        written = {k: str(final_out / Path(v).name) for k, v in written.items()}
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
-        item["registration"] = {"name": _pair_name(paths), "out_dir": str(out), **metrics}
-        return item
+        item["registration"] = {"name": _pair_name(paths), "out_dir": str(final_out), **metrics}
 
 
 def _dice_values(result: Any) -> list[float]:
