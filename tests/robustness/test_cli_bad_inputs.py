@@ -212,3 +212,19 @@ def test_bad_label_maps_are_refused(case, fragment, good, tmp_path, ckpt):
     assert proc.returncode == 2, proc.stderr[-1500:]
     assert fragment in proc.stderr and "lab.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
     assert _no_outputs(out)
+
+
+@pytest.mark.parametrize("case", ["truncated gzip", "NaN voxel"])
+def test_monai_bundle_run_fails_naming_the_file_without_partial_outputs(case, good, tmp_path, ckpt):
+    path, fragment = _bad_files(tmp_path)[case]
+    out = tmp_path / "out"
+    bundle = ROOT / "bundles" / BUNDLE
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
+         "--bundle_root", str(bundle), "--moving", path, "--fixed", good["fixed"], "--output_dir", str(out),
+         "--ckpt_path", ckpt, "--device", "$torch.device('cpu')"],
+        capture_output=True, text=True, cwd=bundle, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert fragment in proc.stderr and Path(path).name in proc.stderr
+    assert _no_outputs(out)
