@@ -32,6 +32,7 @@ __all__ = [
     "SVFToDDF",
     "BSplineToDDF",
     "RegistrationLoss",
+    "MultiLevelRegistrationLoss",
     "RegistrationEvalPostprocess",
     "resize_image",
 ]
@@ -232,6 +233,57 @@ class RegistrationLoss(nn.Module):
             value = reg(ddf)
             terms[type(reg).__name__] = float(value.detach())
             total = total + w * value
+        terms["total"] = float(total.detach())
+        self.last_terms = terms
+        return total
+
+
+class MultiLevelRegistrationLoss(RegistrationLoss):
+    """:class:`RegistrationLoss` summed over the levels of a multi-level prediction (deep supervision).
+
+    The network keeps its levels (coarse to fine) in ``network.last_levels``; level ``l`` is turned into a
+    displacement by ``level_to_ddf[l]`` and weighted by ``level_weights[l]``. ``pred`` (the finest level, what the
+    network returns) is only used when the network holds no levels. Term values in :attr:`last_terms` are the
+    weighted sums over levels; ``total`` is the loss.
+
+    Args:
+        network: the module whose ``last_levels`` holds the predictions of the last forward pass.
+        level_to_ddf: one :class:`PredToDDF` per level (e.g. :class:`BSplineToDDF` with strides 16, 8, 4).
+        level_weights: weight per level (default equal, summing to 1).
+        **kwargs: the :class:`RegistrationLoss` terms and weights (``pred_to_ddf`` is set per level).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        level_to_ddf: Sequence[PredToDDF],
+        level_weights: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("pred_to_ddf", None)
+        super().__init__(pred_to_ddf=level_to_ddf[-1], **kwargs)
+        self._network = [network]  # a list: keep the network out of this module's parameters/state dict
+        self.level_to_ddf = nn.ModuleList(level_to_ddf)
+        n = len(level_to_ddf)
+        self.level_weights = [1.0 / n] * n if level_weights is None else [float(w) for w in level_weights]
+        if len(self.level_weights) != n:
+            raise ValueError(f"MultiLevelRegistrationLoss: {len(self.level_weights)} level_weights for {n} levels.")
+
+    def forward(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        levels = list(getattr(self._network[0], "last_levels", []) or [pred])
+        if len(levels) != len(self.level_to_ddf):
+            levels = [pred]
+            pairs = [(self.level_to_ddf[-1], 1.0)]
+        else:
+            pairs = list(zip(self.level_to_ddf, self.level_weights))
+        total = pred.new_zeros(())
+        terms: dict[str, float] = {}
+        for level_pred, (to_ddf, weight) in zip(levels, pairs):
+            self.pred_to_ddf = to_ddf
+            total = total + weight * super().forward(level_pred, targets)
+            for k, v in self.last_terms.items():
+                terms[k] = terms.get(k, 0.0) + weight * v
+        self.pred_to_ddf = self.level_to_ddf[-1]
         terms["total"] = float(total.detach())
         self.last_terms = terms
         return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common.networks.bspline_net import SharedStreamBSplineNet
 from common.networks.voxelmorph import FlowHead, RegUNet
 
-__all__ = ["FlowHead", "RegUNet"]
+__all__ = ["FlowHead", "RegUNet", "SharedStreamBSplineNet"]
