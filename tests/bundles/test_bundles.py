@@ -23,16 +23,29 @@ def _lia(spacing: float) -> np.ndarray:
     return a
 
 
+def _dims(bundle: Path) -> int:
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    return len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
+
+
+def _input_shape(bundle: Path, n: int) -> tuple[int, ...]:
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    shape = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    return tuple(int(eval(str(s), {"n": n})) for s in shape)  # "16*n" -> 16 n
+
+
 def _pair(tmp: Path, shape=(26, 30, 22)) -> dict[str, str]:
+    dims = len(shape)
     g = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
     out = {}
     for name, shift in (("moving", 1.5), ("fixed", 0.0)):
-        c = np.array(shape)[:, None, None, None] / 2 + shift
+        c = np.array(shape).reshape(dims, *([1] * dims)) / 2 + shift
         r2 = ((g - c) ** 2).sum(0)
         img = np.exp(-r2 / 40.0).astype(np.float32) + 0.1 * (g[0] / shape[0]).astype(np.float32)
         lab = (r2 < 25).astype(np.int16) + (r2 < 9).astype(np.int16)
-        nib.save(nib.Nifti1Image(img, _lia(1.0)), tmp / f"{name}.nii.gz")
-        nib.save(nib.Nifti1Image(lab, _lia(1.0)), tmp / f"{name}_seg.nii.gz")
+        aff = _lia(1.0) if dims == 3 else np.diag([1.4, 1.4, 1.0, 1.0])
+        nib.save(nib.Nifti1Image(img, aff), tmp / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, aff), tmp / f"{name}_seg.nii.gz")
         out[name] = str(tmp / f"{name}.nii.gz")
         out[f"{name}_label"] = str(tmp / f"{name}_seg.nii.gz")
     return out
@@ -67,15 +80,15 @@ def test_traced_network_reproduces_eager(bundle):
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle)
     net = parser.get_parsed_content("network_def").eval()
-    x = torch.rand(1, 2, 32, 32, 32)
+    x = torch.rand(1, 2, *_input_shape(bundle, 2))
     with torch.no_grad():
         traced = torch.jit.trace(net, x)
-        y = torch.rand(1, 2, 32, 48, 32)
+        y = torch.rand(1, 2, *_input_shape(bundle, 2))
         assert torch.allclose(traced(y), net(y), atol=1e-5)
 
 
 def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
-    files = _pair(tmp_path)
+    files = _pair(tmp_path, (26, 30, 22) if _dims(bundle) == 3 else (100, 90))
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle)
@@ -102,13 +115,15 @@ def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
     wf.run()
     wf.finalize()
     pair = out / "moving_to_fixed"
-    for name in ("warped.nii.gz", "warped_label.nii.gz", "disp.nii.gz", "displacement_itk.nii.gz", "qc.png"):
+    names = ["warped.nii.gz", "warped_label.nii.gz", "disp.nii.gz", "qc.png"]
+    names += ["displacement_itk.nii.gz"] if _dims(bundle) == 3 else []
+    for name in names:
         assert (pair / name).is_file(), name
     fixed = nib.load(files["fixed"])
     warped = nib.load(pair / "warped.nii.gz")
     assert warped.shape == fixed.shape
     assert np.allclose(warped.affine, fixed.affine)
-    assert nib.load(pair / "disp.nii.gz").shape == (*fixed.shape, 3)
+    assert nib.load(pair / "disp.nii.gz").shape == (*fixed.shape, _dims(bundle))
     labels = np.asarray(nib.load(pair / "warped_label.nii.gz").dataobj)
     assert set(np.unique(labels)) <= {0, 1, 2}
     metrics = json.loads((pair / "metrics.json").read_text())["metrics"]

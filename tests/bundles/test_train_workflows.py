@@ -123,3 +123,33 @@ def test_evaluate_config_scores_a_checkpoint(bundle, tmp_path):
     wf.run()
     rows = list(csv.DictReader(open(tmp_path / "eval" / "evaluation_test.csv")))
     assert len(rows) == 1 and 0.0 < float(rows[0]["val_mean_dice"]) <= 1.0
+
+
+def test_cardiac_bundle_trains_multilevel_and_validates(tmp_path):
+    from common.data.cardiac import prepare_phantom_dataset
+
+    bundle = ROOT / "bundles" / "cardiac_cine_ngf_bspline"
+    folder = prepare_phantom_dataset(tmp_path / "card", n_train=3, n_val=1, n_test=1, seed=0, progress=False)
+    datalist = Path(folder) / "datalist.json" if Path(folder).is_dir() else Path(folder)
+    out = tmp_path / "run"
+    wf = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(bundle),
+        datalist=str(datalist),
+        output_dir=str(out),
+        device="cpu",
+        batch_size=2,
+        epoch_length=2,
+        max_epochs=1,
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    terms = list(csv.DictReader(open(out / "loss_terms.csv")))
+    assert len(terms) == 2 and {"NGFLoss", "LabelSSDLoss", "CurvatureRegulariser"} <= set(terms[0])
+    rows = list(csv.DictReader(open(out / "validation.csv")))
+    assert 0.0 < float(rows[0]["val_mean_dice"]) <= 1.0
+    assert (out / "checkpoints" / "best_model.pt").is_file()
