@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.blocks import VelocityIntegrator, resize_flow, warp
+from common.blocks import BSplineTransformer, VelocityIntegrator, control_grid_shape, resize_flow, warp
 
 __all__ = ["InstanceOptimiser"]
 
@@ -30,6 +30,8 @@ class InstanceOptimiser:
         lr: Adam learning rate (field in voxels of the parameter grid).
         grid_factor: the parameter grid is the image grid divided by this (1 = full resolution).
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
+        bspline_stride: optimise cubic B-spline control points with this spacing (voxels) instead of a dense
+            grid (the classic free-form deformation; ``grid_factor`` is then ignored).
         progress: show a tqdm progress bar.
     """
 
@@ -42,6 +44,7 @@ class InstanceOptimiser:
         lr: float = 0.1,
         grid_factor: int = 2,
         diffeomorphic: bool = False,
+        bspline_stride: int | None = None,
         progress: bool = True,
     ) -> None:
         if iterations < 0:
@@ -52,11 +55,16 @@ class InstanceOptimiser:
         self.reg_weight, self.iterations, self.lr = float(reg_weight), int(iterations), float(lr)
         self.grid_factor, self.progress = int(grid_factor), progress
         self.integrator = VelocityIntegrator() if diffeomorphic else None
+        self.bspline = BSplineTransformer(bspline_stride) if bspline_stride else None
+        self.bspline_stride = bspline_stride
         self.history: list[float] = []
         self.seconds = 0.0
 
     def field(self, params: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         """Displacement on the image grid from the parameters (integrated first if diffeomorphic)."""
+        if self.bspline is not None:
+            u = self.bspline(params, size)
+            return self.integrator(u) if self.integrator is not None else u
         u = self.integrator(params) if self.integrator is not None else params
         return resize_flow(u, size)
 
@@ -83,6 +91,10 @@ class InstanceOptimiser:
             )
         size = tuple(moving.shape[2:])
         dims = len(size)
+        if init is None and self.bspline is not None:
+            init = torch.zeros(
+                1, dims, *control_grid_shape(size, self.bspline_stride), dtype=moving.dtype, device=moving.device
+            )
         if init is None:
             coarse = tuple(max(2, s // self.grid_factor) for s in size)
             init = torch.zeros(1, dims, *coarse, dtype=moving.dtype, device=moving.device)
