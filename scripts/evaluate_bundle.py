@@ -88,14 +88,45 @@ def _metrics(ddf: np.ndarray, warped: np.ndarray, fixed: np.ndarray, moving: np.
     }
 
 
-def evaluate_pair(pair: dict[str, str], bundle_dir: Path | None, affine: bool) -> dict[str, dict[str, Any]]:
-    """Metrics of zero displacement, affine-only (ITK) and the bundle's outputs for one pair."""
-    from common.io.convert import spacing_from_affine
+def classic_bspline(
+    pair: dict[str, str], iterations: int, stride: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Classic iterative registration of one pair: NGF + alpha * curvature over cubic B-spline control points
+    (Adam), the baseline Hering et al. compare against. Returns (ddf (D, *S), warped labels, seconds)."""
+    import torch
 
-    fixed_lab, f_aff = read_nifti(pair["fixed_label"], ndim=3, dtype=np.int32)
-    moving_lab, m_aff = read_nifti(pair["moving_label"], ndim=3, dtype=np.int32)
-    spacing = spacing_from_affine(f_aff)
-    zero = np.zeros((3, *fixed_lab.shape), np.float32)
+    from common.blocks import warp_labels
+    from common.engines.inference import normalise_intensity
+    from common.engines.instance_optimisation import InstanceOptimiser
+    from common.losses import CurvatureRegulariser, NGFLoss
+
+    fixed, f_aff = read_nifti(pair["fixed_image"])
+    moving, _ = read_nifti(pair["moving_image"])
+    dims = fixed.ndim
+    spacing = np.sqrt((f_aff[:dims, :dims] ** 2).sum(0)).tolist()
+    f = torch.as_tensor(normalise_intensity(fixed))[None, None]
+    m = torch.as_tensor(normalise_intensity(moving))[None, None]
+    opt = InstanceOptimiser(NGFLoss(0.1, spacing=spacing), CurvatureRegulariser(), reg_weight=alpha,
+                            iterations=iterations, lr=0.1, bspline_stride=stride, progress=False)  # fmt: skip
+    ddf = opt(m, f)
+    labels, _ = read_nifti(pair["moving_label"], dtype=np.int64)
+    codes = np.unique(labels)
+    idx = torch.as_tensor(np.searchsorted(codes, labels))[None, None]
+    warped = codes[warp_labels(idx, ddf, num_classes=len(codes))[0, 0].numpy()]
+    return ddf[0].numpy(), warped.astype(np.int32), opt.seconds
+
+
+def evaluate_pair(
+    pair: dict[str, str], bundle_dir: Path | None, affine: bool, classic: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Metrics of zero displacement, affine-only (ITK, 3D), a classic iterative B-spline registration (optional)
+    and the bundle's outputs for one pair."""
+    fixed_lab, f_aff = read_nifti(pair["fixed_label"], dtype=np.int32)
+    moving_lab, m_aff = read_nifti(pair["moving_label"], dtype=np.int32)
+    dims = fixed_lab.ndim
+    spacing = tuple(float(v) for v in np.sqrt((f_aff[:dims, :dims] ** 2).sum(0)))
+    affine = affine and dims == 3
+    zero = np.zeros((dims, *fixed_lab.shape), np.float32)
     results: dict[str, dict[str, Any]] = {}
     if moving_lab.shape == fixed_lab.shape and np.allclose(m_aff, f_aff):
         results["zero"] = {**_metrics(zero, moving_lab, fixed_lab, moving_lab, spacing), "seconds": 0.0}
@@ -119,10 +150,13 @@ def evaluate_pair(pair: dict[str, str], bundle_dir: Path | None, affine: bool) -
             **_metrics(ddf, res.labels.astype(np.int32), fixed_lab, moving_lab, spacing),
             "seconds": res.seconds,
         }
+    if classic:
+        ddf, warped, seconds = classic_bspline(pair, **classic)
+        results["classic"] = {**_metrics(ddf, warped, fixed_lab, moving_lab, spacing), "seconds": seconds}
     if bundle_dir is not None:
         d = _pair_dir(bundle_dir, pair)
-        warped, _ = read_nifti(d / "warped_label.nii.gz", ndim=3, dtype=np.int32)
-        disp, _ = read_nifti(d / "disp.nii.gz", ndim=4)
+        warped, _ = read_nifti(d / "warped_label.nii.gz", ndim=dims, dtype=np.int32)
+        disp, _ = read_nifti(d / "disp.nii.gz", ndim=dims + 1)
         info = json.loads((d / "metrics.json").read_text())["metrics"]
         ddf = np.moveaxis(disp, -1, 0)
         results["bundle"] = {
@@ -148,6 +182,10 @@ def main(
     device: str = "cpu",
     affine: bool = True,
     skip_bundle: bool = False,
+    classic_iterations: int = 0,
+    classic_stride: int = 4,
+    classic_alpha: float = 0.1,
+    limit: int | None = None,
 ) -> str:
     """Evaluate ``bundle`` (and the zero/affine baselines) on ``section`` of ``datalist``; write CSV + Markdown.
 
@@ -158,18 +196,34 @@ def main(
         out: output folder (``<out>/<bundle>/`` gets the bundle outputs, ``results.csv`` and ``summary.md``).
         ckpt: weights to use instead of the bundle's models/model.pt (e.g. a training checkpoint export).
         device: torch device for the bundle.
-        affine: also run the ITK affine baseline.
+        affine: also run the ITK affine baseline (3D only).
         skip_bundle: baselines only.
+        classic_iterations: > 0 adds a classic iterative NGF + curvature B-spline registration per pair.
+        classic_stride: its control-point spacing (voxels). classic_alpha: its curvature weight.
+        limit: evaluate only the first ``limit`` pairs of the section.
     """
     bundle_path = ROOT / "bundles" / bundle
     out_dir = Path(out) / bundle
     pairs = load_datalist(datalist, section)
+    if limit:
+        pairs = pairs[: int(limit)]
+    classic = (
+        {"iterations": classic_iterations, "stride": classic_stride, "alpha": classic_alpha}
+        if classic_iterations > 0
+        else None
+    )
     run_info = None
     if not skip_bundle:
-        run_info = run_bundle(bundle_path, Path(datalist).resolve(), section, out_dir / "outputs", ckpt, device)
+        used = Path(datalist).resolve()
+        if limit:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            used = out_dir / "datalist_used.json"
+            with atomic_path(used) as tmp:
+                tmp.write_text(json.dumps({section: pairs}, indent=1))
+        run_info = run_bundle(bundle_path, used, section, out_dir / "outputs", ckpt, device)
     rows = []
     for pair in tqdm(pairs, desc="metrics", unit="pair"):
-        res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine)
+        res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine, classic)
         for method, m in res.items():
             rows.append({"pair": pair.get("id", _stem(pair["moving_image"])), "method": method,
                          **{k: m.get(k) for k in SUMMARY_KEYS},
