@@ -1,0 +1,121 @@
+"""Package bundles for download the way MONAI expects.
+
+For each bundle it writes, into ``--out``:
+
+* ``<name>_v<version>.zip`` with a top-level ``<name>/`` folder (configs, docs, LICENSE, large_files.yml) and
+  without the weights, which MONAI fetches separately with ``download_large_files``;
+* ``<name>_v<version>_model.pt``: the weights, whose URL and sha256 go into the zipped ``large_files.yml``;
+* ``model_info.json``: an index ``{"<name>_v<version>": {"version", "source", "sha256", "weights_url",
+  "weights_sha256", "weights_trained"}}``.
+
+A user then runs::
+
+    python -m monai.bundle download --name <name> --url <base_url>/<name>_v<version>.zip --bundle_dir bundles_dl
+    python -m monai.bundle download_large_files --bundle_path bundles_dl/<name>
+
+and MONAI refuses weights whose sha256 differs from the recorded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import fire
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.io.nifti import atomic_path  # noqa: E402
+
+SKIP_DIRS = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package(bundle: str | Path, out: str | Path, base_url: str, allow_untrained: bool = False) -> dict:
+    """Package one bundle folder; returns its ``model_info.json`` entry.
+
+    Args:
+        bundle: bundle folder (or name under bundles/).
+        out: release folder.
+        base_url: URL under which the release folder will be served (no trailing slash).
+        allow_untrained: package a bundle whose metadata does not say ``weights_trained`` (tests only).
+    """
+    b = Path(bundle)
+    if not (b / "configs" / "metadata.json").is_file():
+        b = ROOT / "bundles" / str(bundle)
+    meta = json.loads((b / "configs" / "metadata.json").read_text())
+    name, version = b.name, meta["version"]
+    weights = b / "models" / "model.pt"
+    if not weights.is_file():
+        raise SystemExit(f"release: {weights} is missing; train and export the bundle first.")
+    if not meta.get("weights_trained", False) and not allow_untrained:
+        raise SystemExit(
+            f"release: {name} metadata does not say weights_trained; refusing to publish untrained weights."
+        )
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_v{version}"
+    weights_name = f"{stem}_model.pt"
+    shutil.copyfile(weights, out_dir / weights_name)
+    digest = sha256(out_dir / weights_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp) / name
+        shutil.copytree(b, stage, ignore=lambda d, names: [n for n in names if n in SKIP_DIRS])
+        (stage / "large_files.yml").write_text(
+            "large_files:\n"
+            '  - path: "models/model.pt"\n'
+            f'    url: "{base_url}/{weights_name}"\n'
+            f'    hash_val: "{digest}"\n'
+            '    hash_type: "sha256"\n'
+        )
+        with atomic_path(out_dir / f"{stem}.zip") as zpath:
+            with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted(stage.rglob("*")):
+                    if f.is_file():
+                        zf.write(f, f.relative_to(stage.parent).as_posix())
+    entry = {
+        "version": version,
+        "source": f"{base_url}/{stem}.zip",
+        "sha256": sha256(out_dir / f"{stem}.zip"),
+        "weights_url": f"{base_url}/{weights_name}",
+        "weights_sha256": digest,
+        "weights_trained": bool(meta.get("weights_trained", False)),
+    }
+    index_path = out_dir / "model_info.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index[stem] = entry
+    with atomic_path(index_path) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
+    return entry
+
+
+def main(out: str = "dist", base_url: str = "http://127.0.0.1:8000", bundle: str | None = None) -> None:
+    """Package ``bundle`` (default: every bundle with trained weights) into ``out``."""
+    names = [bundle] if bundle else [
+        p.name for p in sorted((ROOT / "bundles").iterdir())
+        if (p / "configs" / "metadata.json").is_file()
+        and json.loads((p / "configs" / "metadata.json").read_text()).get("weights_trained", False)
+    ]  # fmt: skip
+    if not names:
+        raise SystemExit("release: no bundle has trained weights yet.")
+    for name in names:
+        entry = package(name, out, base_url)
+        print(f"release: {name} -> {entry['source']} (sha256 {entry['sha256'][:12]}...)")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
