@@ -25,7 +25,7 @@ class Warp(_MonaiWarp):
     """MONAI ``Warp`` with input checks, batch broadcasting and a dtype/device-safe grid cache.
 
     Args:
-        mode: ``"bilinear"`` (trilinear in 3D), ``"nearest"`` or ``"bicubic"``.
+        mode: ``"bilinear"`` (trilinear in 3D), ``"nearest"`` or ``"bicubic"`` (2D only).
         padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
 
     Forward args:
@@ -46,9 +46,16 @@ class Warp(_MonaiWarp):
 
     def forward(self, image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         check_image_and_ddf(image, ddf, caller="Warp")
+        if not ddf.is_floating_point():
+            raise TypeError(f"Warp: `ddf` must be a floating-point tensor (voxels), got dtype {ddf.dtype}.")
+        if self._interp_mode_native == "bicubic" and ddf.ndim == 5:
+            raise ValueError(
+                "Warp: mode='bicubic' is only available for 2D images (grid_sample); use 'bilinear' in 3D."
+            )
         if ddf.shape[0] != image.shape[0]:
             ddf = ddf.expand(image.shape[0], *ddf.shape[1:])
-        if not image.is_floating_point():
+        if image.dtype != ddf.dtype:
+            # grid_sample needs one dtype; compute in the field's precision (integer/bool images included)
             image = image.to(ddf.dtype)
         return super().forward(image, ddf)
 

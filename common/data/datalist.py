@@ -9,9 +9,37 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_datalist"]
+__all__ = ["load_datalist", "read_json_file", "resolve_entry", "is_file"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".npz", ".png")
+
+
+def read_json_file(path: str | os.PathLike, caller: str) -> Any:
+    """Parse a JSON file; every failure (bad UTF-8, invalid or absurdly nested JSON, huge integers) becomes a
+    ``ValueError`` naming the file. Raises ``FileNotFoundError`` naming it when missing."""
+    p = Path(path)
+    if not is_file(p):
+        raise FileNotFoundError(f"{caller}: {p}: file not found.")
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise ValueError(f"{caller}: {p}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]}).") from exc
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()`` that answers False (instead of raising) for NUL bytes or over-long names."""
+    try:
+        return path.is_file()
+    except (ValueError, OSError):
+        return False
+
+
+def resolve_entry(base: Path, value: str, source: Path, caller: str) -> Path:
+    """``(base / value).resolve()`` with a ``ValueError`` naming the JSON file for unusable path strings."""
+    try:
+        return (base / value).resolve()
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{caller}: {source}: entry path {value[:80]!r} is not a usable path ({exc}).") from exc
 
 
 def load_datalist(
@@ -23,12 +51,9 @@ def load_datalist(
         FileNotFoundError: the JSON is missing. ValueError: not JSON, or ``section`` missing/empty/not a list of dicts.
     """
     p = Path(path)
-    if not p.is_file():
+    if not is_file(p):
         raise FileNotFoundError(f"{p}: datalist not found (run scripts/prepare_data.py first?).")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON ({exc}).") from exc
+    data = read_json_file(p, "load_datalist")
     if not isinstance(data, dict) or section not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{p}: no section {section!r} (found: {keys}).")
@@ -41,7 +66,7 @@ def load_datalist(
         resolved = {}
         for k, v in item.items():
             if isinstance(v, str) and v.endswith(_SUFFIXES) and not os.path.isabs(v):
-                v = str((base / v).resolve())
+                v = str(resolve_entry(base, v, p, "load_datalist"))
             resolved[k] = v
         out.append(resolved)
     return out

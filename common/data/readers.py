@@ -18,12 +18,13 @@ Layouts:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from common.data.datalist import is_file, read_json_file, resolve_entry
 
 __all__ = [
     "DatasetLayoutError",
@@ -40,18 +41,27 @@ class DatasetLayoutError(ValueError):
 
 
 def _existing(path: Path, what: str, caller: str) -> str:
-    if not path.is_file():
+    if not is_file(path):
         raise DatasetLayoutError(f"{caller}: {path}: {what} not found.")
     return str(path)
 
 
+def _resolve(base: Path, value: Any, source: Path, caller: str) -> Path:
+    if not isinstance(value, str):
+        raise DatasetLayoutError(f"{caller}: {source}: expected a path string, got {type(value).__name__}.")
+    try:
+        return resolve_entry(base, value, source, caller)
+    except ValueError as exc:
+        raise DatasetLayoutError(str(exc)) from exc
+
+
 def _load_json(path: Path, caller: str) -> dict[str, Any]:
-    if not path.is_file():
+    if not is_file(path):
         raise DatasetLayoutError(f"{caller}: {path}: dataset JSON not found.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetLayoutError(f"{caller}: {path}: not valid JSON ({exc}).") from exc
+        data = read_json_file(path, caller)
+    except ValueError as exc:
+        raise DatasetLayoutError(str(exc)) from exc
     if not isinstance(data, dict):
         raise DatasetLayoutError(f"{caller}: {path}: expected a JSON object at the top, got {type(data).__name__}.")
     return data
@@ -123,11 +133,11 @@ def _json_pairs(data, key, path, base, subjects, caller, labels_dir=None) -> lis
     for entry in _entries(data, key, path, caller, ("fixed", "moving"), optional=True):
         ends = {}
         for role in ("moving", "fixed"):
-            image = str((base / entry[role]).resolve())
+            image = str(_resolve(base, entry[role], path, caller))
             item = subjects.get(image) or {"id": _case_id(image), "image": _existing(Path(image), "image", caller)}
             if "label" not in item and labels_dir is not None:
                 candidate = Path(image.replace(f"{os.sep}images", f"{os.sep}{labels_dir}"))
-                if candidate.is_file():
+                if is_file(candidate):
                     item = {**item, "label": str(candidate)}
             ends[role] = item
         pairs.append(_pair(ends["moving"], ends["fixed"], f"{ends['moving']['id']}_to_{ends['fixed']['id']}"))
@@ -150,10 +160,12 @@ def read_l2r_oasis(root: str | os.PathLike, json_name: str = "OASIS_dataset.json
     data = _load_json(path, caller)
     training = []
     for entry in _entries(data, "training", path, caller, ("image",)):
-        image = (base / entry["image"]).resolve()
+        image = _resolve(base, entry["image"], path, caller)
         item = {"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}:training", caller)}
         if isinstance(entry.get("label"), str):
-            item["label"] = _existing((base / entry["label"]).resolve(), f"label of {path.name}:training", caller)
+            item["label"] = _existing(
+                _resolve(base, entry["label"], path, caller), f"label of {path.name}:training", caller
+            )
         training.append(item)
     subjects = {t["image"]: t for t in training}
     val_key = "registration_val" if "registration_val" in data else "validation"
@@ -174,7 +186,7 @@ def read_lumir(root: str | os.PathLike, json_name: str = "LUMIR_dataset.json") -
     data = _load_json(path, caller)
     training = []
     for entry in _entries(data, "training", path, caller, ("image",)):
-        image = (base / entry["image"]).resolve()
+        image = _resolve(base, entry["image"], path, caller)
         training.append({"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}", caller)})
     subjects = {t["image"]: t for t in training}
     return {
@@ -251,7 +263,7 @@ def read_datalist(path: str | os.PathLike, split: str = "training") -> list[dict
         item: dict[str, Any] = {}
         for key, value in entry.items():
             if isinstance(value, str) and (key in ("image", "label") or key.endswith(("_image", "_label"))):
-                full = (p.parent / value).resolve()
+                full = _resolve(p.parent, value, p, caller)
                 item[key] = _existing(full, f"{split}[{i}].{key} of {p.name}", caller)
             else:
                 item[key] = value

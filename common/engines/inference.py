@@ -64,13 +64,12 @@ def pair_datalist(
 ) -> list[dict[str, Any]]:
     """One pair from paths, or the pairs of a datalist JSON (``{"test": [{"moving_image": ..., ...}]}``)."""
     if datalist:
+        from common.data.datalist import read_json_file
+
         p = Path(datalist)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{p}: datalist not found.") from exc
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: not valid JSON ({exc}).") from exc
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: datalist not found.")
+        data = read_json_file(p, "pair_datalist")
         items = data.get(section) if isinstance(data, dict) else data
         if not isinstance(items, list) or not items:
             raise ValueError(f"{p}: expected a non-empty list under '{section}' (or a top-level list).")
