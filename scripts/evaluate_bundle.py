@@ -203,7 +203,7 @@ def main(
         limit: evaluate only the first ``limit`` pairs of the section.
     """
     bundle_path = ROOT / "bundles" / bundle
-    out_dir = Path(out) / bundle
+    out_dir = (Path(out) / bundle).resolve()  # the bundle runs with its own folder as working directory
     pairs = load_datalist(datalist, section)
     if limit:
         pairs = pairs[: int(limit)]
