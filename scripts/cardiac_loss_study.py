@@ -61,7 +61,9 @@ def score(ckpt: Path, datalist: Path, section: str = "test") -> dict[str, float]
     net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
     net.eval()
     to_ddf = BSplineToDDF(parser["strides"][-1])
-    dice, fold, dice0 = [], [], []
+    from common.blocks import warp
+
+    dice, fold, dice0, ncc, ncc0 = [], [], [], [], []
     start = time.perf_counter()
     for item in load_datalist(datalist, section):
         m = normalise_intensity(read_nifti(item["moving_image"], ndim=2)[0])
@@ -75,12 +77,17 @@ def score(ckpt: Path, datalist: Path, section: str = "test") -> dict[str, float]
         dice.append(mean_dice(warped, fl, labels=[1, 2, 3]))
         dice0.append(mean_dice(ml, fl, labels=[1, 2, 3]))
         fold.append(percent_folding(ddf[0].numpy()))
+        warped_img = warp(x[:, :1], ddf)[0, 0].numpy()
+        ncc.append(float(np.corrcoef(warped_img.ravel(), f.ravel())[0, 1]))
+        ncc0.append(float(np.corrcoef(m.ravel(), f.ravel())[0, 1]))
     seconds = (time.perf_counter() - start) / max(len(dice), 1)
     return {
         "dice": float(np.mean(dice)),
         "dice_sd": float(np.std(dice)),
         "dice_zero": float(np.mean(dice0)),
         "folding_percent": float(np.mean(fold)),
+        "ncc": float(np.mean(ncc)),
+        "ncc_zero": float(np.mean(ncc0)),
         "pairs": len(dice),
         "seconds_per_pair_incl_io": seconds,
     }
