@@ -308,7 +308,7 @@ class SaveRegistrationOutputsd(Transform):
                 metrics["dice_after"] = float(np.mean(list(_dice_values(d_after)))) if _dice_values(d_after) else None
         if self.write_l2r:
             written["l2r_displacement"] = str(write_l2r_displacement(ddf, out / "disp.nii.gz", affine=_aff4(geo)))
-        if self.write_itk and dims == 3:
+        if self.write_itk:  # 2D fields are 2D ITK vector images (ITK/SimpleITK read them; 3D Slicer wants 3D)
             written["itk_displacement"] = str(
                 write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz")
             )

@@ -115,8 +115,7 @@ def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
     wf.run()
     wf.finalize()
     pair = out / "moving_to_fixed"
-    names = ["warped.nii.gz", "warped_label.nii.gz", "disp.nii.gz", "qc.png"]
-    names += ["displacement_itk.nii.gz"] if _dims(bundle) == 3 else []
+    names = ["warped.nii.gz", "warped_label.nii.gz", "disp.nii.gz", "qc.png", "displacement_itk.nii.gz"]
     for name in names:
         assert (pair / name).is_file(), name
     fixed = nib.load(files["fixed"])
@@ -131,3 +130,7 @@ def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
     assert (out / "summary.csv").read_text().startswith("name,")
     # no temporary files left behind
     assert not [p for p in pair.iterdir() if p.name.startswith(".")]
+    from common.io.itk_field import read_itk_displacement
+
+    itk_ddf, itk_affine = read_itk_displacement(pair / "displacement_itk.nii.gz")
+    assert tuple(itk_ddf.shape) == (1, _dims(bundle), *fixed.shape)
