@@ -146,13 +146,14 @@ def main(
         f"Test slices: {rows[0]['pairs']} ED<->ES pairs; each variant trained {rows[0]['epochs']} epochs x 50 iterations, batch 8;",
         "score of the last checkpoint. Dice: mean over RV, myocardium, LV cavity.",
         "",
-        "| variant | delta | alpha | beta | Dice | det J <= 0 (%) |",
-        "|---|---|---|---|---|---|",
-        f"| no registration | | | | {rows[0]['dice_zero']:.4f} | 0 |",
+        "| variant | delta | alpha | beta | Dice | det J <= 0 (%) | whole-slice NCC |",
+        "|---|---|---|---|---|---|---|",
+        f"| no registration | | | | {rows[0]['dice_zero']:.4f} | 0 | {rows[0].get('ncc_zero', float('nan')):.4f} |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['delta']:g} | {r['alpha']:g} | {r['beta']:g} | {r['dice']:.4f} ± {r['dice_sd']:.4f} | {r['folding_percent']:.3f} |"
+            f"| {r['variant']} | {r['delta']:g} | {r['alpha']:g} | {r['beta']:g} | {r['dice']:.4f} ± {r['dice_sd']:.4f} "
+            f"| {r['folding_percent']:.3f} | {r.get('ncc', float('nan')):.4f} |"
         )
     text = "\n".join(lines) + "\n"
     with atomic_path(out_dir / "study.md") as tmp:
