@@ -39,7 +39,10 @@ def test_shipped_weights_load_safely_match_hash_and_improve_the_demo_pair(bundle
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     dims = len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
     if dims == 3:  # the shipped real OASIS-1 demo pair
-        pair = {"moving": ROOT / "data" / "demo" / "moving_t1.nii.gz", "fixed": ROOT / "data" / "demo" / "fixed_t1.nii.gz"}
+        pair = {
+            "moving": ROOT / "data" / "demo" / "moving_t1.nii.gz",
+            "fixed": ROOT / "data" / "demo" / "fixed_t1.nii.gz",
+        }
     else:  # no real ED/ES pair exists here: held-out phantom test subject 0 (never trained on), rendered fresh
         pair = _phantom_pair(tmp_path)
     out = tmp_path / "out"
