@@ -42,6 +42,10 @@ def _bundle_with_weights(tmp_path: Path) -> Path:
     src = ROOT / "bundles" / NAME
     b = tmp_path / "src" / NAME
     shutil.copytree(src, b, ignore=shutil.ignore_patterns("runs", "eval", "models"))
+    meta_path = b / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_trained"] = False  # the random weights below are not trained
+    meta_path.write_text(json.dumps(meta, indent=2))
     parser = ConfigParser()
     parser.read_config(str(b / "configs" / "inference.json"))
     parser["bundle_root"] = str(b)
@@ -49,6 +53,10 @@ def _bundle_with_weights(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     torch.save(parser.get_parsed_content("network_def").state_dict(), b / "models" / "model.pt")
     return b
+
+
+def meta_version(b: Path) -> str:
+    return json.loads((b / "configs" / "metadata.json").read_text())["version"]
 
 
 def _monai(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,7 +72,7 @@ def test_download_from_local_server_runs_and_tampered_weights_are_refused(tmp_pa
         package(b, www, url)
     entry = package(b, www, url, allow_untrained=True)
     info = json.loads((www / "model_info.json").read_text())
-    assert info[f"{NAME}_v0.1.0"]["sha256"] == entry["sha256"]
+    assert info[f"{NAME}_v{meta_version(b)}"]["sha256"] == entry["sha256"]
     dl = tmp_path / "downloaded"
     proc = _monai("download", "--name", NAME, "--url", entry["source"], "--bundle_dir", str(dl), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
