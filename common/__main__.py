@@ -66,19 +66,9 @@ def _check_output(out: str, overwrite: bool) -> Path:
 
 
 def _run(b: Path, overrides: dict[str, Any]) -> None:
-    from monai.bundle import ConfigWorkflow
+    from common.engines.bundle import run_bundle
 
-    wf = ConfigWorkflow(
-        config_file=str(b / "configs" / "inference.json"),
-        meta_file=str(b / "configs" / "metadata.json"),
-        logging_file=str(b / "configs" / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(b),
-        **overrides,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_bundle(b, "inference", "infer", **overrides)
 
 
 def _friendly(exc: BaseException) -> str:

@@ -46,22 +46,9 @@ def _trained_bundle() -> Path | None:
 
 
 def _run_bundle(bundle: Path, moving: Path, fixed: Path, out: Path) -> None:
-    from monai.bundle import ConfigWorkflow
+    from common.engines.bundle import run_bundle
 
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(bundle),
-        moving=str(moving),
-        fixed=str(fixed),
-        output_dir=str(out),
-        overwrite=True,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_bundle(bundle, "inference", "infer", moving=str(moving), fixed=str(fixed), output_dir=str(out), overwrite=True)
 
 
 def _run_toolkit(moving: Path, fixed: Path, out: Path, iterations: int, spacing: float) -> None:

