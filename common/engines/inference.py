@@ -54,6 +54,11 @@ def normalise_intensity(image: np.ndarray | torch.Tensor, lower: float = 0.5, up
     return torch.as_tensor(out) if isinstance(image, torch.Tensor) else out
 
 
+def _is_relative_file(key: str, value: Any) -> bool:
+    """Only image/label path entries are resolved against the datalist's folder (ids and other fields are not)."""
+    return isinstance(value, str) and key.endswith(("_image", "_label")) and not os.path.isabs(value)
+
+
 def pair_datalist(
     moving: str | None = None,
     fixed: str | None = None,
@@ -78,9 +83,7 @@ def pair_datalist(
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "moving_image" not in item or "fixed_image" not in item:
                 raise ValueError(f"{p}: entry {i} of '{section}' needs 'moving_image' and 'fixed_image'.")
-            out.append(
-                {k: (str(base / v) if isinstance(v, str) and not os.path.isabs(v) else v) for k, v in item.items()}
-            )
+            out.append({k: (str(base / v) if _is_relative_file(k, v) else v) for k, v in item.items()})
         return out
     if not moving or not fixed:
         raise ValueError("pair_datalist: give --moving and --fixed image paths, or --datalist.")

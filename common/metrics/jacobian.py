@@ -188,7 +188,8 @@ def ndv(ddf: Any, mask: Any = None) -> float:
             default all voxels.
 
     Returns:
-        Percentage in [0, ~100] (an everywhere-reflecting map scores 100 inside the mask).
+        Percentage >= 0: an everywhere-reflecting map scores 100 inside the mask, and a map whose folded regions
+        overlap several times can exceed 100 (a linear map with det -8 scores 800).
 
     References:
         Liu, Chen, Wei, Carass, Prince, "On finite difference Jacobian computation in deformable image
