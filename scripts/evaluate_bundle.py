@@ -46,8 +46,10 @@ def _stem(path: str) -> str:
 
 
 def _pair_dir(out: Path, pair: dict[str, str]) -> Path:
-    """The folder the bundle's writer uses (``<moving>_to_<fixed>``); ids disambiguate equal file names."""
-    return out / f"{_stem(pair['moving_image'])}_to_{_stem(pair['fixed_image'])}"
+    """The folder the bundle's writer uses for this entry (its ``id``, else ``<moving>_to_<fixed>``)."""
+    from common.engines.inference import _pair_name
+
+    return out / _pair_name(pair, pair.get("id"))
 
 
 def run_bundle(

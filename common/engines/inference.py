@@ -171,6 +171,7 @@ class LoadRegistrationPaird(MapTransform):
             "moving_affine": torch.as_tensor(mov_aff),
             "fixed_shape": torch.as_tensor(fix.shape),
         }
+        d["pair_id"] = str(data["id"]) if data.get("id") else ""
         d["paths"] = {
             k: str(data[k]) for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if data.get(k)
         }
@@ -179,7 +180,11 @@ class LoadRegistrationPaird(MapTransform):
         return d
 
 
-def _pair_name(paths: dict[str, str]) -> str:
+def _pair_name(paths: dict[str, str], pair_id: str | None = None) -> str:
+    """Output folder name of a pair: the datalist entry's ``id`` when given, else ``<moving>_to_<fixed>``."""
+    if pair_id:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(pair_id))
+
     def stem(p: str) -> str:
         name = Path(p).name
         for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
@@ -226,12 +231,20 @@ class SaveRegistrationOutputsd(Transform):
             write_qc,
         )
         self.extra_outputs = extra_outputs
+        self._written: set[str] = set()
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         geo = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in item["geometry"].items()}
         paths = item["paths"]
-        out = self.output_dir / _pair_name(paths)
+        name = _pair_name(paths, item.get("pair_id") or None)
+        if name in self._written:
+            raise ValueError(
+                f"SaveRegistrationOutputsd: two pairs of this run map to the output folder {self.output_dir / name} "
+                "(same file names in different folders?); give each datalist entry a unique 'id'."
+            )
+        self._written.add(name)
+        out = self.output_dir / name
         if out.exists() and any(out.iterdir()) and not self.overwrite:
             raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite true to replace it.")
         pred = item["pred"]
@@ -332,14 +345,14 @@ class SaveRegistrationOutputsd(Transform):
                     warped,
                     ddf,
                     out / "qc.png",
-                    title=_pair_name(paths),
+                    title=final_out.name,
                     metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")},
                 )
             )
         written = {k: str(final_out / Path(v).name) for k, v in written.items()}
         with atomic_path(out / "metrics.json") as tmp:
             tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
-        item["registration"] = {"name": _pair_name(paths), "out_dir": str(final_out), **metrics}
+        item["registration"] = {"name": final_out.name, "out_dir": str(final_out), **metrics}
 
 
 def _dice_values(result: Any) -> list[float]:

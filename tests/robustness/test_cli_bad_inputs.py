@@ -228,3 +228,25 @@ def test_monai_bundle_run_fails_naming_the_file_without_partial_outputs(case, go
     assert proc.returncode != 0
     assert fragment in proc.stderr and Path(path).name in proc.stderr
     assert _no_outputs(out)
+
+
+def test_batch_never_overwrites_one_pair_with_another(tmp_path, ckpt):
+    # the same file names in two folders (like Learn2Reg/LUMIR layouts): ids keep the outputs apart ...
+    for sub, shift in (("a", 1.0), ("b", -1.0)):
+        (tmp_path / sub).mkdir()
+        _save(tmp_path / sub / "moving.nii.gz", _blob(shift))
+        _save(tmp_path / sub / "fixed.nii.gz", _blob())
+    entries = [
+        {"id": f"pair_{s}", "moving_image": f"{s}/moving.nii.gz", "fixed_image": f"{s}/fixed.nii.gz"} for s in "ab"
+    ]
+    dl = tmp_path / "pairs.json"
+    dl.write_text(__import__("json").dumps({"test": entries}))
+    out = tmp_path / "out"
+    proc = _cli("batch", "--bundle", BUNDLE, "--datalist", str(dl), "--out", str(out), "--ckpt", ckpt)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "pair_a" / "warped.nii.gz").is_file() and (out / "pair_b" / "warped.nii.gz").is_file()
+    assert (out / "pair_a" / "warped.nii.gz").read_bytes() != (out / "pair_b" / "warped.nii.gz").read_bytes()
+    # ... and without ids the collision is an error, not a silent overwrite
+    dl.write_text(__import__("json").dumps({"test": [{k: v for k, v in e.items() if k != "id"} for e in entries]}))
+    proc = _cli("batch", "--bundle", BUNDLE, "--datalist", str(dl), "--out", str(tmp_path / "out2"), "--ckpt", ckpt)
+    assert proc.returncode == 2 and "give each datalist entry a unique 'id'" in proc.stderr
