@@ -15,7 +15,6 @@ write one function here and add it to ``COMMANDS``.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ from common.data.brain.template import (  # noqa: E402
     downsample_image_2x,
     downsample_labels_2x,
 )
+from common.data.datalist import check_prepare_config, write_json  # noqa: E402
 from common.data.pairs import all_pairs  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti, write_nifti  # noqa: E402
 
@@ -57,21 +57,11 @@ DEFAULT_OUT = ROOT / "data" / "prepared"
 DEFAULT_LABEL_DIR = ROOT.parent / "shared" / "data" / "brain_label_maps"
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
-
-
 def _check_config(folder: Path, config: dict[str, Any], caller: str) -> None:
-    path = folder / "prepare_config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != config:
-            diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config) if old.get(k) != config.get(k)}
-            raise SystemExit(f"{caller}: {path} was written with other settings {diff} (old, new); use --force "
-                             "with another --out_dir, or delete the folder.")  # fmt: skip
-    else:
-        _write_json(config, path)
+    try:
+        check_prepare_config(folder, config, caller, "use --force with another --out_dir, or delete the folder.")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _labels_meta() -> dict[str, Any]:
@@ -185,7 +175,7 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
                         write_nifti(arr, grid.affine, path, dtype=np.uint16)
                     else:
                         write_unit_image(arr, grid.affine, path)
-            _write_json({"moving_id": mid, "fixed_id": fid, "seed": seed, "contrast": contrast}, marker)
+            write_json({"moving_id": mid, "fixed_id": fid, "seed": seed, "contrast": contrast}, marker)
             timings["pair_s"][f"{split}_{v:02d}"] = round(time.perf_counter() - t0, 2)
         for res in (1, 2):
             entries[res][split].append(_heldout_entry(rel, split, v, mid, fid, res))
@@ -208,9 +198,9 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
             "validation": entries[res]["validation"],
             "test": entries[res]["test"],
         }
-        _write_json(datalist, folder / f"datalist_{res}mm.json")
+        write_json(datalist, folder / f"datalist_{res}mm.json")
     timings["total_s"] = round(time.perf_counter() - t_start, 1)
-    _write_json(timings, folder / "timings.json")
+    write_json(timings, folder / "timings.json")
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "timings": timings}
 
 
@@ -260,9 +250,9 @@ def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAUL
         pairs = [{k: v for k, v in p.items() if not k.endswith("_label")} for p in all_pairs(subjects[r])]
         datalist = {"description": "Real OASIS-1 T1 scans affinely aligned to the template grid.",
                     "grid": _grid_meta(r), "subjects": subjects[r], "test": pairs}  # fmt: skip
-        _write_json(datalist, folder / f"datalist_{r}mm.json")
+        write_json(datalist, folder / f"datalist_{r}mm.json")
     if timings:
-        _write_json(timings, folder / "timings.json")
+        write_json(timings, folder / "timings.json")
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "align_s": timings}
 
 

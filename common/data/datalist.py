@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_datalist", "read_json_file", "resolve_entry", "is_file"]
+__all__ = ["load_datalist", "read_json_file", "resolve_entry", "is_file", "write_json", "check_prepare_config"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".npz", ".png")
 
@@ -70,3 +70,27 @@ def load_datalist(
             resolved[k] = v
         out.append(resolved)
     return out
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as JSON atomically (temp file + rename)."""
+    from common.io.nifti import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
+def check_prepare_config(
+    folder: Path, config: dict[str, Any], caller: str, hint: str = "use another out_dir or delete the old one."
+) -> None:
+    """Resumable preparation: record ``config`` in ``folder/prepare_config.json`` on the first run; on later runs
+    refuse (``ValueError`` naming the file and the differing settings) if the settings changed."""
+    path = Path(folder) / "prepare_config.json"
+    if is_file(path):
+        old = read_json_file(path, caller)
+        if old != config:
+            diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config) if old.get(k) != config.get(k)}
+            raise ValueError(f"{caller}: {path} was written with other settings {diff} (old, new); {hint}")
+    else:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_json(config, path)

@@ -110,3 +110,21 @@ def mask_array(mask: Any, shape: tuple[int, ...], caller: str, name: str = "mask
     if not out.any():
         raise ValueError(f"{caller}: `{name}` is empty (no voxel > 0).")
     return out
+
+
+def scored_labels(
+    pred: np.ndarray, ref: np.ndarray, presence: np.ndarray, labels: Sequence[int] | None
+) -> tuple[list[int], list[int]]:
+    """Learn2Reg label selection shared by the overlap and surface metrics: ``(scored, skipped)`` codes.
+
+    Candidates are ``labels`` or every non-zero code in ``pred`` or ``ref``; a code is skipped when it is absent
+    from ``ref`` or from ``presence`` (the unwarped moving labels when given, else ``pred``).
+    """
+    if labels is None:
+        codes = sorted(int(c) for c in np.union1d(np.unique(pred), np.unique(ref)) if c != 0)
+    else:
+        codes = [int(c) for c in labels]
+    in_ref = set(int(c) for c in np.unique(ref))
+    in_other = set(int(c) for c in np.unique(presence))
+    scored = [c for c in codes if c in in_ref and c in in_other]
+    return scored, [c for c in codes if c not in scored]

@@ -13,7 +13,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
-from common.metrics._validation import label_array, same_shape
+from common.metrics._validation import label_array, same_shape, scored_labels
 
 __all__ = ["relabel_consecutive", "dice_per_label", "mean_dice", "present_labels"]
 
@@ -128,18 +128,9 @@ def dice_per_label(
     r = label_array(ref, "ref", caller)
     same_shape(p, r, "pred", "ref", caller)
     presence = p if moving is None else label_array(moving, "moving", caller)
-    if labels is None:
-        codes = sorted(int(c) for c in np.union1d(np.unique(p), np.unique(r)) if c != 0)
-    else:
-        codes = [int(c) for c in labels]
-    in_ref = set(int(c) for c in np.unique(r))
-    in_other = set(int(c) for c in np.unique(presence))
+    codes, skipped = scored_labels(p, r, presence, labels)
     scores: dict[int, float] = {}
-    skipped: list[int] = []
     for c in codes:
-        if c not in in_ref or c not in in_other:
-            skipped.append(c)
-            continue
         pm, rm = p == c, r == c
         denom = int(pm.sum()) + int(rm.sum())
         scores[c] = 2.0 * int(np.logical_and(pm, rm).sum()) / denom if denom else float("nan")

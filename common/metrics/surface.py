@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from common.metrics._validation import label_array, same_shape, spacing_tuple, squeeze_leading, to_numpy
+from common.metrics._validation import label_array, same_shape, scored_labels, spacing_tuple, squeeze_leading, to_numpy
 
 __all__ = ["surface_distances", "hd95", "assd", "mean_hd95"]
 
@@ -117,18 +117,9 @@ def _per_label(
     same_shape(p, r, "pred", "ref", caller)
     sp = spacing_tuple(spacing, dims, caller)
     presence = p if moving is None else label_array(moving, "moving", caller)
-    if labels is None:
-        codes = sorted(int(c) for c in np.union1d(np.unique(p), np.unique(r)) if c != 0)
-    else:
-        codes = [int(c) for c in labels]
-    in_ref = set(int(c) for c in np.unique(r))
-    in_other = set(int(c) for c in np.unique(presence))
+    codes, skipped = scored_labels(p, r, presence, labels)
     out: dict[int, float] = {}
-    skipped: list[int] = []
     for c in codes:
-        if c not in in_ref or c not in in_other:
-            skipped.append(c)
-            continue
         pm, rm = p == c, r == c
         if not pm.any():
             out[c] = float("nan")

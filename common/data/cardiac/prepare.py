@@ -24,7 +24,6 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -35,31 +34,12 @@ from common.data.cardiac.preprocess import DIRECTIONS, slice_affine
 from common.data.cardiac.render import render_cardiac_phantom
 from common.data.cardiac.sampling import sample_phantom_params
 from common.data.cardiac.stats import load_cardiac_stats
-from common.io.nifti import atomic_path, write_nifti
+from common.data.datalist import check_prepare_config, write_json
+from common.io.nifti import write_nifti
 
 __all__ = ["phantom_subject", "prepare_acdc_dataset", "prepare_phantom_dataset"]
 
 _SPLITS = {"training": ("train", 0), "validation": ("val", 1), "test": ("test", 2)}
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
-
-
-def _check_config(out_dir: Path, config: dict[str, Any], caller: str) -> None:
-    path = out_dir / "prepare_config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != config:
-            diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config) if old.get(k) != config.get(k)}
-            raise ValueError(
-                f"{caller}: {path} was written with other settings {diff} (old, new); "
-                "use another out_dir or delete the old one."
-            )
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(config, path)
 
 
 def _frame_files(folder: str, sid: str) -> dict[str, str]:
@@ -150,7 +130,7 @@ def prepare_phantom_dataset(
         "spacing_mm": float(spacing_mm),
         "stats_rows": [r.get("file") for r in stats["rows"]],
     }
-    _check_config(out, config, "prepare_phantom_dataset")
+    check_prepare_config(out, config, "prepare_phantom_dataset")
     jobs = [(split, i) for split, n in zip(_SPLITS, (n_train, n_val, n_test)) for i in range(n)]
     datalist: dict[str, list] = {split: [] for split in _SPLITS}
     for split, i in tqdm(jobs, desc="cardiac phantom", disable=not progress):
@@ -158,10 +138,10 @@ def prepare_phantom_dataset(
         marker = out / "subjects" / f"{sid}.json"
         if not marker.exists():
             _write_frames(out, sid, sid, render_cardiac_phantom(params, stats), spacing_mm)
-            _write_json(params.to_dict(), marker)
+            write_json(params.to_dict(), marker)
         datalist[split] += _entries(sid, sid, directions)
     path = out / "datalist.json"
-    _write_json(datalist, path)
+    write_json(datalist, path)
     return path
 
 
@@ -203,7 +183,7 @@ def prepare_acdc_dataset(
         "spacing_mm": spacing_mm,
         "center": center,
     }
-    _check_config(out, config, "prepare_acdc_dataset")
+    check_prepare_config(out, config, "prepare_acdc_dataset")
     datalist: dict[str, list] = {"training": [], "validation": [], "test": []}
     jobs = [("training", p) for p in train] + [("validation", p) for p in val] + [("test", p) for p in test]
     for split, patient in tqdm(jobs, desc="ACDC slices", disable=not progress):
@@ -223,9 +203,9 @@ def prepare_acdc_dataset(
                 }
                 _write_frames(out, patient.id, sid, arrays, spacing_mm)
                 slice_ids.append(sid)
-            _write_json({"patient": patient.id, "group": patient.group, "slices": slice_ids}, marker)
+            write_json({"patient": patient.id, "group": patient.group, "slices": slice_ids}, marker)
         for sid in slice_ids:
             datalist[split] += _entries(patient.id, sid, directions)
     path = out / "datalist.json"
-    _write_json(datalist, path)
+    write_json(datalist, path)
     return path
