@@ -111,7 +111,8 @@ def _heldout_entry(rel: Path, split: str, v: int, mid: str, fid: str, res: int) 
 
 
 def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None,
-          n_pairs: int = 4, contrast: str = "t1", force: bool = False) -> dict[str, Any]:  # fmt: skip
+          n_pairs: int = 4, contrast: str = "t1", misalign: bool = False,
+          force: bool = False) -> dict[str, Any]:  # fmt: skip
     """Synthetic brain data from the 20 SynthSeg label maps (training_seg_01..20.nii.gz).
 
     Steps: (1) template (see `template`); (2) affine-align every label map to the template atlas (ITK Mattes
@@ -128,6 +129,10 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
         cache_dir: template cache (see `template`).
         n_pairs: held-out pairs per split (alternating directions).
         contrast: "t1" (T1-like priors) or "random" for the held-out images.
+        misalign: also give each held-out map a random affine (up to 5 deg, 5 % scale, 3 mm each, so pairs differ
+            by up to 10 deg / 10 % / 6 mm). Default False: the held-out pairs are pre-aligned like the training
+            pairs and like Learn2Reg OASIS (every map is affinely aligned to the template; each still gets its own
+            smooth non-linear deformation). Bundles that register unaligned pairs add their own misalignment.
         force: redo alignment and pairs even if outputs exist.
     """
     t_start = time.perf_counter()
@@ -138,6 +143,7 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
         "contrast": contrast,
         "template": "deepmriprep",
         "align": "labels-to-atlas-mattes",
+        "heldout_misalign": bool(misalign),
     }
     _check_config(folder, config, "brain")
     items = list_label_maps(label_dir)
@@ -166,7 +172,8 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
             mov, _ = read_nifti(aligned[mid]["label_1mm"], ndim=3, dtype=np.int32)
             fix, _ = read_nifti(aligned[fid]["label_1mm"], ndim=3, dtype=np.int32)
             seed = 1000 * (1 if split == "validation" else 2) + v
-            pair = synthesize_pair(mov, fix, seed=seed, contrast=contrast)
+            no_affine = {"rotation": 0.0, "scale": 0.0, "shear": 0.0, "translation": 0.0}
+            pair = synthesize_pair(mov, fix, seed=seed, contrast=contrast, deform_kwargs=None if misalign else no_affine)
             for res, arrays in ((1, pair), (2, downsample_pair(pair))):
                 grid = TEMPLATE_GRID_1MM if res == 1 else TEMPLATE_GRID_2MM
                 for key, arr in arrays.items():
@@ -175,7 +182,8 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
                         write_nifti(arr, grid.affine, path, dtype=np.uint16)
                     else:
                         write_unit_image(arr, grid.affine, path)
-            write_json({"moving_id": mid, "fixed_id": fid, "seed": seed, "contrast": contrast}, marker)
+            write_json({"moving_id": mid, "fixed_id": fid, "seed": seed, "contrast": contrast,
+                        "misalign": bool(misalign)}, marker)  # fmt: skip
             timings["pair_s"][f"{split}_{v:02d}"] = round(time.perf_counter() - t0, 2)
         for res in (1, 2):
             entries[res][split].append(_heldout_entry(rel, split, v, mid, fid, res))
