@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_train_workflows import make_tiny_brain_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
