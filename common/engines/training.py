@@ -1,5 +1,5 @@
-"""Ignite handlers the bundles' training configs need beyond MONAI's: resume-from-latest, a CSV of the loss
-terms, and export of a plain state dict for ``models/model.pt``."""
+"""Ignite handlers the bundles' training configs need beyond MONAI's: crash-safe checkpoints, resume-from-latest,
+a CSV of the loss terms, and export of a plain state dict for ``models/model.pt``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.handlers import CheckpointLoader
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from common.io.nifti import atomic_path
 
 __all__ = [
+    "SafeCheckpointSaver",
     "ResumeFromLatest",
     "LossTermsCSV",
     "MetricCSV",
@@ -22,6 +24,46 @@ __all__ = [
     "export_state_dict",
     "load_state_dict_safely",
 ]
+
+
+class _AtomicDiskSaver(DiskSaver):
+    """Ignite save handler: temp file + fsync + rename, and removals deferred until the next save has landed."""
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None):
+        super().__init__(dirname=str(dirname), atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename
+        self._pending: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        name = self.filename or filename
+        with atomic_path(Path(self.dirname) / name) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        pending, self._pending = self._pending, []
+        for old in pending:
+            if old != name:
+                (Path(self.dirname) / old).unlink(missing_ok=True)
+
+    def remove(self, filename: str) -> None:
+        self._pending.append(self.filename or filename)
+
+
+class SafeCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) made safe against a kill while saving.
+
+    MONAI's saver writes in place (``atomic=False``, to keep group/other read permission) and ignite's
+    ``Checkpoint`` deletes the previous file *before* writing the new one, so a SIGKILL or OOM kill during a save
+    with ``n_saved=1`` leaves only a truncated checkpoint (found by ``tests/robustness``). Here every file is
+    written to a hidden temporary name, fsynced and renamed (normal permissions kept), and older checkpoints are
+    removed only after the new one is complete; a kill at any moment leaves the previous checkpoint loadable.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if ckpt is not None:
+                ckpt.save_handler = _AtomicDiskSaver(self.save_dir, getattr(ckpt.save_handler, "filename", None))
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "latest*.pt") -> Path | None:

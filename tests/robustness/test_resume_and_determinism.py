@@ -68,6 +68,57 @@ def test_sigkill_mid_training_then_same_command_resumes(tmp_path):
     assert its[-1] == 16 and min(i for i in its if i > done) == done + 1  # continued at the next iteration
 
 
+KILL_DURING_SAVE = """
+import io, os, runpy, signal, sys
+import torch
+
+_save, calls = torch.save, []
+
+
+def save(obj, f, *args, **kwargs):  # the 2nd trainer checkpoint: half the bytes reach the disk, then SIGKILL
+    if isinstance(obj, dict) and "trainer" in obj:
+        calls.append(1)
+        if len(calls) == 2:
+            buf = io.BytesIO()
+            _save(obj, buf, *args, **kwargs)
+            data = buf.getvalue()
+            fh = f if hasattr(f, "write") else open(f, "wb")
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _save(obj, f, *args, **kwargs)
+
+
+torch.save = save
+sys.argv = ["monai.bundle"] + sys.argv[1:]
+runpy.run_module("monai.bundle", run_name="__main__")
+"""
+
+
+def test_sigkill_while_saving_keeps_the_previous_checkpoint_and_resumes(tmp_path):
+    datalist = make_tiny_brain_dataset(tmp_path)
+    out = tmp_path / "run"
+    ckpts = out / "checkpoints"
+    wrapper = tmp_path / "kill_during_save.py"
+    wrapper.write_text(KILL_DURING_SAVE)
+    cmd = _train_cmd(datalist, out, max_epochs=3, epoch_length=2)
+    res = subprocess.run([sys.executable, str(wrapper), *cmd[3:]], cwd=BUNDLE, env=_env(), capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    # the epoch-2 checkpoint never got its final name; the epoch-1 one is intact and loadable
+    assert sorted(p.name for p in ckpts.glob("latest*.pt")) == ["latest_checkpoint_epoch=1.pt"]
+    partial = [p for p in ckpts.iterdir() if p.name.startswith(".")]
+    assert partial, "the half-written temporary file should be left behind by the kill"
+    assert torch.load(ckpts / "latest_checkpoint_epoch=1.pt", weights_only=True)["trainer"]["iteration"] == 2
+    # the same command without the kill resumes from epoch 1, ignoring the partial temp file
+    res = subprocess.run(cmd, cwd=BUNDLE, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "latest_checkpoint_epoch=1.pt" in (res.stdout + res.stderr)
+    final = torch.load(ckpts / "latest_checkpoint_epoch=3.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 6
+
+
 def test_training_with_a_fixed_seed_reproduces_the_first_losses(tmp_path):
     datalist = make_tiny_brain_dataset(tmp_path)
     losses = []
