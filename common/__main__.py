@@ -92,6 +92,17 @@ def _guard(fn, *args, **kwargs):
         sys.exit(2)
 
 
+def guarded(fn):
+    """``fn`` for a fire CLI: the errors a user can cause print one line naming the file and exit 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return _guard(fn, *args, **kwargs)
+
+    return wrapper
+
+
 def _register(bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt) -> None:
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)

@@ -294,4 +294,6 @@ def cardiac(
 COMMANDS = {"template": template, "brain": brain, "oasis_real": oasis_real, "cardiac": cardiac}
 
 if __name__ == "__main__":
-    fire.Fire(COMMANDS)
+    from common.__main__ import guarded
+
+    fire.Fire({name: guarded(fn) for name, fn in COMMANDS.items()})
