@@ -173,7 +173,9 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
             fix, _ = read_nifti(aligned[fid]["label_1mm"], ndim=3, dtype=np.int32)
             seed = 1000 * (1 if split == "validation" else 2) + v
             no_affine = {"rotation": 0.0, "scale": 0.0, "shear": 0.0, "translation": 0.0}
-            pair = synthesize_pair(mov, fix, seed=seed, contrast=contrast, deform_kwargs=None if misalign else no_affine)
+            pair = synthesize_pair(
+                mov, fix, seed=seed, contrast=contrast, deform_kwargs=None if misalign else no_affine
+            )
             for res, arrays in ((1, pair), (2, downsample_pair(pair))):
                 grid = TEMPLATE_GRID_1MM if res == 1 else TEMPLATE_GRID_2MM
                 for key, arr in arrays.items():
