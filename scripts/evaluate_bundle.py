@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.data.datalist import load_datalist  # noqa: E402
+from common.engines.baselines import classic_bspline, itk_affine  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
 from common.metrics import evaluate_registration  # noqa: E402
 
@@ -90,34 +91,6 @@ def _metrics(ddf: np.ndarray, warped: np.ndarray, fixed: np.ndarray, moving: np.
     }
 
 
-def classic_bspline(
-    pair: dict[str, str], iterations: int, stride: int, alpha: float
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Classic iterative registration of one pair: NGF + alpha * curvature over cubic B-spline control points
-    (Adam), the baseline Hering et al. compare against. Returns (ddf (D, *S), warped labels, seconds)."""
-    import torch
-
-    from common.blocks import warp_labels
-    from common.engines.inference import normalise_intensity
-    from common.engines.instance_optimisation import InstanceOptimiser
-    from common.losses import CurvatureRegulariser, NGFLoss
-
-    fixed, f_aff = read_nifti(pair["fixed_image"])
-    moving, _ = read_nifti(pair["moving_image"])
-    dims = fixed.ndim
-    spacing = np.sqrt((f_aff[:dims, :dims] ** 2).sum(0)).tolist()
-    f = torch.as_tensor(normalise_intensity(fixed))[None, None]
-    m = torch.as_tensor(normalise_intensity(moving))[None, None]
-    opt = InstanceOptimiser(NGFLoss(0.1, spacing=spacing), CurvatureRegulariser(), reg_weight=alpha,
-                            iterations=iterations, lr=0.1, bspline_stride=stride, progress=False)  # fmt: skip
-    ddf = opt(m, f)
-    labels, _ = read_nifti(pair["moving_label"], dtype=np.int64)
-    codes = np.unique(labels)
-    idx = torch.as_tensor(np.searchsorted(codes, labels))[None, None]
-    warped = codes[warp_labels(idx, ddf, num_classes=len(codes))[0, 0].numpy()]
-    return ddf[0].numpy(), warped.astype(np.int32), opt.seconds
-
-
 def evaluate_pair(
     pair: dict[str, str], bundle_dir: Path | None, affine: bool, classic: dict[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -133,28 +106,11 @@ def evaluate_pair(
     if moving_lab.shape == fixed_lab.shape and np.allclose(m_aff, f_aff):
         results["zero"] = {**_metrics(zero, moving_lab, fixed_lab, moving_lab, spacing), "seconds": 0.0}
     if affine:
-        from common.data.brain.align import affine_align
-        from common.data.brain.template import Grid
-
-        res = affine_align(
-            pair["moving_image"], pair["fixed_image"], moving_labels=pair["moving_label"],
-            grid=Grid(tuple(fixed_lab.shape), f_aff),
-        )  # fmt: skip
-        # the affine baseline's field, in fixed voxels: x -> F^-1 W F x  (W: fixed world -> moving world)
-        from common.conventions import identity_grid
-
-        grid = identity_grid(fixed_lab.shape).numpy()[0].reshape(3, -1)
-        world = f_aff[:3, :3] @ grid + f_aff[:3, 3:4]
-        mapped = res.world[:3, :3] @ world + res.world[:3, 3:4]
-        vox = np.linalg.solve(f_aff[:3, :3], mapped - f_aff[:3, 3:4])
-        ddf = (vox - grid).reshape(3, *fixed_lab.shape).astype(np.float32)
-        results["affine"] = {
-            **_metrics(ddf, res.labels.astype(np.int32), fixed_lab, moving_lab, spacing),
-            "seconds": res.seconds,
-        }
+        r = itk_affine(pair)
+        results["affine"] = {**_metrics(r.ddf, r.warped_labels, fixed_lab, moving_lab, spacing), "seconds": r.seconds}
     if classic:
-        ddf, warped, seconds = classic_bspline(pair, **classic)
-        results["classic"] = {**_metrics(ddf, warped, fixed_lab, moving_lab, spacing), "seconds": seconds}
+        r = classic_bspline(pair, **classic)
+        results["classic"] = {**_metrics(r.ddf, r.warped_labels, fixed_lab, moving_lab, spacing), "seconds": r.seconds}
     if bundle_dir is not None:
         d = _pair_dir(bundle_dir, pair)
         warped, _ = read_nifti(d / "warped_label.nii.gz", ndim=dims, dtype=np.int32)

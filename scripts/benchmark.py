@@ -1,0 +1,418 @@
+"""Every bundle side by side with ANTs SyN, elastix and the zero/affine baselines on the same pairs, in one run.
+
+Each (pair, method) runs in its own subprocess, so its wall time and peak RSS are its own (``os.wait4``); the
+parent scores every result with the Learn2Reg metrics of ``common.metrics`` on the fixed grid.
+
+Usage::
+
+    python scripts/benchmark.py run --dataset brain_2mm --out outputs/benchmark            # default methods
+    python scripts/benchmark.py run --datalist pairs.json --section test --methods zero,affine,ants,bundles
+    python scripts/benchmark.py profile --out outputs/profile      # bundles: inference 1 mm / 2 mm, train step
+
+Methods: ``zero``, ``affine`` (ITK, 3D), ``ants`` (antspyx SyN, preset ``--ants_preset lumir|script|fast``),
+``elastix`` (itk-elastix default B-spline map), ``classic`` (our iterative NGF B-spline), ``bundles`` (every
+bundle with trained weights whose dimension matches the data) or ``bundle:<name>``. Missing peers are skipped
+with a message. Speed ratios to ANTs are computed pair by pair within the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import fire
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.data.datalist import load_datalist  # noqa: E402
+from common.io.nifti import atomic_path, read_nifti  # noqa: E402
+
+DATASETS = {
+    "brain_1mm": (ROOT / "data/prepared/brain/datalist_1mm.json", "test"),
+    "brain_2mm": (ROOT / "data/prepared/brain/datalist_2mm.json", "test"),
+    "cardiac": (ROOT / "data/prepared/cardiac/datalist.json", "test"),
+}
+SUMMARY = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("sdlogj", "SDlogJ"), ("ndv_percent", "NDV (%)"),
+           ("folding_percent", "det J ≤ 0 (%)"), ("seconds", "time (s)"), ("peak_rss_gib", "peak RAM (GiB)"),
+           ("speedup_vs_ants", "× faster than ANTs"))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- child side
+def _bundle_result(bundle: Path, pair: dict[str, str], device: str) -> tuple[np.ndarray, np.ndarray, float]:
+    from common.engines.bundle import run_bundle
+
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        t0 = time.perf_counter()
+        run_bundle(bundle, "inference", "infer", moving=pair["moving_image"], fixed=pair["fixed_image"],
+                   moving_label=pair["moving_label"], fixed_label=pair["fixed_label"], output_dir=tmp,
+                   device=device, overwrite=True)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        (d,) = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        fixed, _ = read_nifti(pair["fixed_label"], dtype=np.int32)
+        warped, _ = read_nifti(d / "warped_label.nii.gz", ndim=fixed.ndim, dtype=np.int32)
+        disp, _ = read_nifti(d / "disp.nii.gz", ndim=fixed.ndim + 1)
+    return np.moveaxis(disp, -1, 0), warped, seconds
+
+
+def one(method: str, pair_json: str, out: str, device: str = "cpu", ants_preset: str = "lumir",
+        threads: int = 0) -> None:  # fmt: skip
+    """(internal) Run one method on one pair; write ``out`` (.npz: ddf, warped, seconds)."""
+    from common.engines import baselines as bl
+
+    pair = json.loads(Path(pair_json).read_text())
+    threads = threads or os.cpu_count() or 1
+    if method == "zero":
+        r = bl.zero_baseline(pair)
+        ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
+    elif method == "affine":
+        r = bl.itk_affine(pair)
+        ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
+    elif method == "ants":
+        r = bl.ants_syn(pair, ants_preset, threads=threads)
+        ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
+    elif method == "elastix":
+        r = bl.elastix_bspline(pair, threads=threads)
+        ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
+    elif method == "classic":
+        r = bl.classic_bspline(pair)
+        ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
+    elif method.startswith("bundle:"):
+        ddf, warped, seconds = _bundle_result(ROOT / "bundles" / method.split(":", 1)[1], pair, device)
+    else:
+        raise ValueError(f"benchmark: unknown method {method!r}")
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ddf=ddf.astype(np.float32), warped=warped.astype(np.int32), seconds=seconds)
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+def _spawn(args: list[str], timeout: float) -> tuple[int, float, float, str]:
+    """Run this script as a child; return (exit code, wall s, peak RSS GiB of that child alone, stderr tail)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.DEVNULL,
+                                stderr=err, env=env, cwd=str(ROOT))  # fmt: skip
+        deadline = time.time() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-3000:]
+    return proc.returncode, wall, usage.ru_maxrss / 2**20, tail
+
+
+def trained_bundles(dims: int) -> list[str]:
+    """Names of the bundles with trained weights whose network is ``dims``-D."""
+    names = []
+    for meta_path in sorted((ROOT / "bundles").glob("*/configs/metadata.json")):
+        meta = json.loads(meta_path.read_text())
+        b = meta_path.parent.parent
+        inputs = meta.get("network_data_format", {}).get("inputs", {})
+        shape = next(iter(inputs.values()), {}).get("spatial_shape", [])
+        if meta.get("weights_trained") and (b / "models" / "model.pt").is_file() and len(shape) == dims:
+            names.append(b.name)
+    return names
+
+
+def resolve_methods(methods: str, dims: int) -> tuple[list[str], list[str]]:
+    """Expand the ``--methods`` list: ``(methods to run, messages about skipped ones)``."""
+    from common.engines.baselines import peer_available
+
+    out, notes = [], []
+    for m in [m.strip() for m in methods.split(",") if m.strip()]:
+        if m == "bundles":
+            found = trained_bundles(dims)
+            if not found:
+                notes.append(f"no {dims}D bundle with trained weights: bundles skipped")
+            out += [f"bundle:{b}" for b in found]
+        elif m in ("ants", "elastix"):
+            if peer_available(m):
+                out.append(m)
+            else:
+                pkg = "antspyx" if m == "ants" else "itk-elastix"
+                notes.append(f"{m}: {pkg} is not installed (pip install -e .[peers]): skipped")
+        elif m == "affine" and dims != 3:
+            notes.append("affine: 3D only: skipped")
+        elif m in ("zero", "affine", "classic") or m.startswith("bundle:"):
+            if m.startswith("bundle:") and not (ROOT / "bundles" / m.split(":", 1)[1]).is_dir():
+                raise SystemExit(f"benchmark: unknown bundle {m.split(':', 1)[1]!r}")
+            out.append(m)
+        else:
+            raise SystemExit(f"benchmark: unknown method {m!r} (zero, affine, ants, elastix, classic, bundles, "
+                             "bundle:<name>)")  # fmt: skip
+    return out, notes
+
+
+def common_labels(pairs: list[dict[str, str]]) -> list[int]:
+    """Label codes present in every moving and fixed label map (the set every method is scored on)."""
+    sets = []
+    for p in pairs:
+        for key in ("moving_label", "fixed_label"):
+            arr, _ = read_nifti(p[key], dtype=np.int32)
+            sets.append({int(c) for c in np.unique(arr) if c != 0})
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def speed_ratios(rows: list[dict[str, Any]], reference: str = "ants") -> None:
+    """Add ``speedup_vs_ants`` = reference seconds / method seconds, pair by pair (in place; None without ANTs)."""
+    ref = {r["pair"]: r["seconds"] for r in rows if r["method"] == reference and r.get("seconds")}
+    for r in rows:
+        t = r.get("seconds")
+        r["speedup_vs_ants"] = (ref[r["pair"]] / t) if r["pair"] in ref and t else None
+
+
+def _fmt(values: list[Any], digits: int = 4) -> str:
+    vals = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    if not vals:
+        return "n/a"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    head = "| method | " + " | ".join(label for _, label in SUMMARY) + " |"
+    lines = [head, "|" + "---|" * (len(SUMMARY) + 1)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sel = [r for r in rows if r["method"] == method]
+        cells = [_fmt([r.get(k) for r in sel], 2 if k in ("seconds", "speedup_vs_ants") else 4) for k, _ in SUMMARY]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 4))
+    ax.boxplot([[r["dice_mean"] for r in rows if r["method"] == m] for m in methods])
+    ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right")
+    ax.set_ylabel("mean Dice per pair")
+    fig.tight_layout()
+    fig.savefig(out / "dice_boxplot.png", dpi=120)
+    plt.close(fig)
+    written.append(str(out / "dice_boxplot.png"))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m in methods:
+        sel = [r for r in rows if r["method"] == m and r.get("seconds")]
+        if sel:
+            ax.scatter([r["seconds"] for r in sel], [r["dice_mean"] for r in sel], label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("registration time per pair (s, log)")
+    ax.set_ylabel("mean Dice")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "time_vs_dice.png", dpi=120)
+    plt.close(fig)
+    written.append(str(out / "time_vs_dice.png"))
+    if qc:
+        n = len(qc["warped"])
+        fig, axes = plt.subplots(1, n + 1, figsize=(2.4 * (n + 1), 2.8))
+        fixed = qc["fixed"]
+        sl = (lambda a: a[:, :, a.shape[2] // 2]) if fixed.ndim == 3 else (lambda a: a)
+        axes[0].imshow(sl(fixed).T, cmap="tab20", interpolation="nearest")
+        axes[0].set_title("fixed labels", fontsize=8)
+        for ax, (m, w) in zip(axes[1:], qc["warped"].items()):
+            ax.imshow(sl(w).T, cmap="tab20", interpolation="nearest")
+            ax.contour(sl(fixed).T > 0, [0.5], colors="w", linewidths=0.5)
+            ax.set_title(m, fontsize=8)
+        for ax in axes:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out / "qc_montage.png", dpi=120)
+        plt.close(fig)
+        written.append(str(out / "qc_montage.png"))
+    return written
+
+
+def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = "test",
+        methods: str = "zero,affine,ants,elastix,bundles", out: str = "outputs/benchmark", limit: int | None = None,
+        ants_preset: str = "lumir", device: str = "cpu", threads: int = 0, timeout: float = 7200) -> str:  # fmt: skip
+    """Benchmark ``methods`` on the labelled pairs of a datalist; write results.csv, summary.md and plots.
+
+    Args:
+        dataset: a built-in datalist (``brain_1mm``, ``brain_2mm``: held-out synthetic pairs from label maps 19/20;
+            ``cardiac``: the phantom test set); ignored when ``datalist`` is given.
+        datalist: JSON with (moving_image, fixed_image, moving_label, fixed_label) entries; a CSV with those columns
+            also works.
+        section: datalist section.
+        methods: comma-separated, see the module docstring.
+        out: output folder.
+        limit: only the first ``limit`` pairs.
+        ants_preset: ``lumir`` (organisers' settings), ``script`` or ``fast``; the summary names it.
+        device: torch device for the bundles.
+        threads: threads for ANTs/elastix (default: all cores).
+        timeout: seconds per registration before it is killed and recorded as failed.
+    """
+    if datalist is None:
+        if dataset not in DATASETS:
+            raise SystemExit(f"benchmark: unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+        datalist, section = str(DATASETS[dataset][0]), DATASETS[dataset][1]
+    if str(datalist).endswith(".csv"):
+        with open(datalist, newline="") as fh:
+            pairs = [dict(r) for r in csv.DictReader(fh)]
+        base = Path(datalist).resolve().parent
+        for p in pairs:
+            for k, v in list(p.items()):
+                if k.endswith(("_image", "_label")) and not Path(v).is_absolute():
+                    p[k] = str(base / v)
+    else:
+        pairs = load_datalist(datalist, section)
+    if limit:
+        pairs = pairs[: int(limit)]
+    if not pairs:
+        raise SystemExit(f"benchmark: {datalist} [{section}] has no pairs.")
+    for p in pairs:
+        missing = [k for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if not p.get(k)]
+        if missing:
+            raise SystemExit(f"benchmark: {datalist}: entry {p.get('id', p)} lacks {missing}.")
+    dims = read_nifti(pairs[0]["fixed_label"])[0].ndim
+    todo, notes = resolve_methods(methods, dims)
+    labels = common_labels(pairs)
+    for n in notes:
+        print(f"benchmark: {n}")
+    print(f"benchmark: {len(pairs)} pairs, methods {todo}, {len(labels)} labels scored (in every map): {labels}")
+    out_dir = Path(out)
+    (out_dir / "work").mkdir(parents=True, exist_ok=True)
+    from common.metrics import evaluate_registration
+
+    rows: list[dict[str, Any]] = []
+    qc: dict[str, Any] | None = None
+    for i, pair in enumerate(tqdm(pairs, desc="pairs", unit="pair")):
+        pid = pair.get("id") or f"pair_{i:03d}"
+        pair_json = out_dir / "work" / f"{pid}.json"
+        pair_json.write_text(json.dumps(pair))
+        fixed_lab, f_aff = read_nifti(pair["fixed_label"], dtype=np.int32)
+        moving_lab, _ = read_nifti(pair["moving_label"], dtype=np.int32)
+        spacing = tuple(float(v) for v in np.sqrt((f_aff[:dims, :dims] ** 2).sum(0)))
+        if i == 0:
+            qc = {"fixed": fixed_lab, "warped": {}}
+        for method in tqdm(todo, desc=pid, unit="method", leave=False):
+            res_path = out_dir / "work" / f"{pid}__{method.replace(':', '_')}.npz"
+            args = ["one", "--method", method, "--pair_json", str(pair_json), "--out", str(res_path),
+                    "--device", device, "--ants_preset", ants_preset, "--threads", str(threads)]  # fmt: skip
+            code, wall, peak, err = _spawn(args, timeout)
+            row: dict[str, Any] = {"pair": pid, "method": method, "wall_s": round(wall, 2),
+                                   "peak_rss_gib": round(peak, 3)}  # fmt: skip
+            if code != 0 or not res_path.is_file():
+                print(f"benchmark: {method} failed on {pid} (exit {code}): {err.strip().splitlines()[-1:]}")
+                rows.append({**row, "error": f"exit {code}"})
+                continue
+            with np.load(res_path) as z:
+                ddf, warped, seconds = z["ddf"], z["warped"], float(z["seconds"])
+            m = evaluate_registration(ddf, warped, fixed_lab, spacing, labels=labels or None, moving_labels=moving_lab)
+            row.update({k: m[k] for k in ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent")})
+            row["seconds"] = round(seconds, 3)
+            row["dice_per_label"] = json.dumps({str(k): round(float(v), 4) for k, v in m["dice_per_label"].items()})
+            rows.append(row)
+            if qc is not None and i == 0:
+                qc["warped"][method] = warped
+    speed_ratios(rows)
+    ok = [r for r in rows if "error" not in r]
+    fields = ["pair", "method", "dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent", "seconds",
+              "wall_s", "peak_rss_gib", "speedup_vs_ants", "error", "dice_per_label"]  # fmt: skip
+    with atomic_path(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    plots = _plots(ok, out_dir, qc) if ok else []
+    import platform
+
+    text = "\n".join([
+        f"Pairs: {len(pairs)} ({section} of {datalist}); {len(labels)} labels; mean ± sd over pairs. ANTs preset: "
+        f"{ants_preset}. time = the registration itself (loading/writing excluded for peers; for bundles the whole "
+        "`inference.json` run incl. outputs); peak RAM = the method's own subprocess; × faster = ANTs time / "
+        "method time, pair by pair.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; device {device}.",
+        "",
+        summary_table(ok) if ok else "(no successful runs)",
+        "",
+        *[f"Note: {n}" for n in notes],
+    ])  # fmt: skip
+    with atomic_path(out_dir / "summary.md") as tmp:
+        tmp.write_text(text + "\n")
+    print(text)
+    print(f"benchmark: wrote {out_dir / 'results.csv'}, {out_dir / 'summary.md'}, {plots}")
+    return str(out_dir / "summary.md")
+
+
+def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations: int = 3) -> str:
+    """Per trained 3D bundle: inference time and peak RAM at 1 mm and 2 mm (first test pair) and training step
+    time (``train_iterations`` steps after one warm-up, the bundle's own training config)."""
+    rows = []
+    for name in trained_bundles(3):
+        for res in ("1mm", "2mm"):
+            pairs = load_datalist(DATASETS[f"brain_{res}"][0], "test")
+            work = Path(out) / "work"
+            work.mkdir(parents=True, exist_ok=True)
+            pj = work / f"{name}_{res}.json"
+            pj.write_text(json.dumps(pairs[0]))
+            res_path = work / f"{name}_{res}.npz"
+            code, wall, peak, err = _spawn(["one", "--method", f"bundle:{name}", "--pair_json", str(pj),
+                                            "--out", str(res_path), "--device", device], 3600)  # fmt: skip
+            if code != 0:
+                raise SystemExit(f"profile: {name} at {res} failed: {err[-2000:]}")
+            with np.load(res_path) as z:
+                rows.append({"bundle": name, "what": f"inference {res}", "seconds": round(float(z["seconds"]), 2),
+                             "peak_rss_gib": round(peak, 3)})  # fmt: skip
+        code, wall, peak, err = _spawn(["train_step", "--bundle", name, "--iterations", str(train_iterations),
+                                        "--out", str(Path(out) / "work" / f"{name}_train.json"),
+                                        "--device", device], 3600)  # fmt: skip
+        if code != 0:
+            raise SystemExit(f"profile: {name} training failed: {err[-2000:]}")
+        t = json.loads((Path(out) / "work" / f"{name}_train.json").read_text())
+        rows.append({"bundle": name, "what": "training step", "seconds": round(t["seconds_per_step"], 2),
+                     "peak_rss_gib": round(peak, 3)})  # fmt: skip
+    lines = ["| bundle | what | seconds | peak RAM (GiB) |", "|---|---|---|---|"]
+    lines += [f"| {r['bundle']} | {r['what']} | {r['seconds']} | {r['peak_rss_gib']} |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    with atomic_path(Path(out) / "profile.md") as tmp:
+        tmp.write_text(text)
+    print(text)
+    return str(Path(out) / "profile.md")
+
+
+def train_step(bundle: str, iterations: int, out: str, device: str = "cpu") -> None:
+    """(internal) Time ``iterations`` training steps of ``bundle`` (after one warm-up step) on its prepared data."""
+    from ignite.engine import Events
+
+    from common.engines.bundle import bundle_workflow
+
+    with tempfile.TemporaryDirectory(prefix="profile_") as tmp:
+        wf = bundle_workflow(ROOT / "bundles" / bundle, "train", "train", output_dir=tmp, max_epochs=1,
+                             epoch_length=int(iterations) + 1, resume=False, device=device)  # fmt: skip
+        wf.initialize()
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        stamps: list[float] = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stamps.append(time.perf_counter()))
+        trainer.run()
+    steps = np.diff(stamps)
+    with atomic_path(out) as p:
+        p.write_text(json.dumps({"seconds_per_step": float(np.mean(steps)), "steps": steps.tolist()}))
+
+
+if __name__ == "__main__":
+    from common.__main__ import guarded
+
+    fire.Fire({"run": guarded(run), "profile": guarded(profile), "one": one, "train_step": train_step})

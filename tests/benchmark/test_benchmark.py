@@ -1,0 +1,79 @@
+"""scripts/benchmark.py on tiny synthetic 2D pairs (seconds): subprocess per method, metrics, ratios, peers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import benchmark  # noqa: E402
+
+
+def _disc_pair(folder: Path, i: int, shift: float) -> dict[str, str]:
+    g = np.stack(np.meshgrid(np.arange(64.0), np.arange(64.0), indexing="ij"))
+    aff = np.diag([1.5, 1.5, 1.0, 1.0])
+    paths = {}
+    for role, dx in (("moving", shift), ("fixed", 0.0)):
+        r = np.sqrt((g[0] - 32 - dx) ** 2 + (g[1] - 32) ** 2)
+        lab = (r < 14).astype(np.int16) + (r < 8).astype(np.int16)
+        img = (lab == 1) * 0.4 + (lab == 2) * 0.9 + 0.02 * np.random.default_rng(i).random(lab.shape)
+        for kind, arr in (("image", img.astype(np.float32)), ("label", lab)):
+            p = folder / f"p{i}_{role}_{kind}.nii.gz"
+            nib.save(nib.Nifti1Image(arr, aff), p)
+            paths[f"{role}_{kind}"] = str(p)
+    return {"id": f"p{i}", **paths}
+
+
+def test_speed_ratio_is_computed_pair_by_pair():
+    rows = [
+        {"pair": "a", "method": "ants", "seconds": 100.0},
+        {"pair": "a", "method": "net", "seconds": 2.0},
+        {"pair": "b", "method": "ants", "seconds": 10.0},
+        {"pair": "b", "method": "net", "seconds": 5.0},
+        {"pair": "c", "method": "net", "seconds": 1.0},  # no ANTs run on this pair: no ratio
+    ]
+    benchmark.speed_ratios(rows)
+    got = {(r["pair"], r["method"]): r["speedup_vs_ants"] for r in rows}
+    assert got[("a", "net")] == 50.0 and got[("b", "net")] == 2.0 and got[("a", "ants")] == 1.0
+    assert got[("c", "net")] is None
+    # the mean of per-pair ratios (26x), not the ratio of mean times (55/3.5 = 15.7x)
+    assert "26.00" in benchmark.summary_table([r for r in rows if r["method"] == "net" and r["pair"] != "c"])
+
+
+def test_missing_peers_are_skipped_with_a_message(monkeypatch):
+    import common.engines.baselines as bl
+
+    monkeypatch.setattr(bl, "peer_available", lambda name: False)
+    todo, notes = benchmark.resolve_methods("zero,ants,elastix", dims=2)
+    assert todo == ["zero"]
+    assert any("antspyx is not installed" in n for n in notes) and any("itk-elastix" in n for n in notes)
+    with pytest.raises(SystemExit, match="unknown method"):
+        benchmark.resolve_methods("zero,deeds", dims=2)
+
+
+def test_run_on_tiny_pairs_writes_table_csv_and_plots(tmp_path):
+    pairs = [_disc_pair(tmp_path, i, shift) for i, shift in enumerate((3.0, -2.0))]
+    dl = tmp_path / "pairs.json"
+    dl.write_text(json.dumps({"test": pairs}))
+    out = tmp_path / "bench"
+    benchmark.run(datalist=str(dl), methods="zero,classic,bundles", out=str(out), timeout=600)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    methods = {r["method"] for r in rows}
+    assert {"zero", "classic", "bundle:cardiac_cine_ngf_bspline"} <= methods, methods
+    assert not any(r["error"] for r in rows), rows
+    by = {(r["pair"], r["method"]): r for r in rows}
+    for p in ("p0", "p1"):
+        zero, classic = float(by[(p, "zero")]["dice_mean"]), float(by[(p, "classic")]["dice_mean"])
+        assert 0.0 < zero < 0.95 and classic > zero  # the shifted discs: registration must improve overlap
+        assert float(by[(p, "classic")]["peak_rss_gib"]) > 0.05  # the child's own RSS (python + torch)
+    text = (out / "summary.md").read_text()
+    assert "| zero |" in text and "| classic |" in text
+    for png in ("dice_boxplot.png", "time_vs_dice.png", "qc_montage.png"):
+        assert (out / png).stat().st_size > 1000
