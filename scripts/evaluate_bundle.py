@@ -54,7 +54,7 @@ def _pair_dir(out: Path, pair: dict[str, str]) -> Path:
 
 
 def run_bundle(
-    bundle: Path, datalist: Path, section: str, out: Path, ckpt: str | None, device: str
+    bundle: Path, datalist: Path, section: str, out: Path, ckpt: str | None, device: str, channels: int | None = None
 ) -> dict[str, float]:
     """Run the bundle's inference.json over a datalist section in a subprocess; return wall time and peak RSS."""
     cmd = [
@@ -69,6 +69,8 @@ def run_bundle(
     ]  # fmt: skip
     if ckpt:
         cmd += ["--ckpt_path", str(ckpt)]
+    if channels:
+        cmd += ["--channels", str(int(channels))]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=str(bundle), capture_output=True, text=True)
@@ -144,6 +146,7 @@ def main(
     classic_stride: int = 4,
     classic_alpha: float = 0.1,
     limit: int | None = None,
+    channels: int | None = None,
 ) -> str:
     """Evaluate ``bundle`` (and the zero/affine baselines) on ``section`` of ``datalist``; write CSV + Markdown.
 
@@ -178,7 +181,7 @@ def main(
             used = out_dir / "datalist_used.json"
             with atomic_path(used) as tmp:
                 tmp.write_text(json.dumps({section: pairs}, indent=1))
-        run_info = run_bundle(bundle_path, used, section, out_dir / "outputs", ckpt, device)
+        run_info = run_bundle(bundle_path, used, section, out_dir / "outputs", ckpt, device, channels)
     rows = []
     for pair in tqdm(pairs, desc="metrics", unit="pair"):
         res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine, classic)
