@@ -139,7 +139,9 @@ def resolve_methods(methods: str, dims: int) -> tuple[list[str], list[str]]:
     from common.engines.baselines import peer_available
 
     out, notes = [], []
-    for m in [m.strip() for m in methods.split(",") if m.strip()]:
+    # fire turns "a,b,c" on the command line into a tuple
+    items = methods.split(",") if isinstance(methods, str) else [str(m) for m in methods]
+    for m in [m.strip() for m in items if m.strip()]:
         if m == "bundles":
             found = trained_bundles(dims)
             if not found:

@@ -54,6 +54,8 @@ def test_missing_peers_are_skipped_with_a_message(monkeypatch):
     todo, notes = benchmark.resolve_methods("zero,ants,elastix", dims=2)
     assert todo == ["zero"]
     assert any("antspyx is not installed" in n for n in notes) and any("itk-elastix" in n for n in notes)
+    # `--methods zero,ants` reaches run() as a tuple through fire
+    assert benchmark.resolve_methods(("zero", "ants"), dims=2)[0] == ["zero"]
     with pytest.raises(SystemExit, match="unknown method"):
         benchmark.resolve_methods("zero,deeds", dims=2)
 
