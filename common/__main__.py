@@ -209,10 +209,12 @@ def batch(
 
 def bundles() -> None:
     """List the bundles and whether their weights are trained."""
+    from common.engines.bundle import bundle_metadata, is_trained
+
     rows = []
     for name in sorted(_names()):
-        meta = json.loads((BUNDLES_DIR / name / "configs" / "metadata.json").read_text())
-        state = "trained" if meta.get("weights_trained") else "no trained weights yet"
+        meta = bundle_metadata(BUNDLES_DIR / name)
+        state = "trained" if is_trained(BUNDLES_DIR / name) else "no trained weights yet"
         rows.append(f"{name}  v{meta.get('version')}  {state}  — {meta.get('task', '')}")
     print("\n".join(rows))
 

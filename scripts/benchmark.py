@@ -123,15 +123,9 @@ def _spawn(args: list[str], timeout: float) -> tuple[int, float, float, str]:
 
 def trained_bundles(dims: int) -> list[str]:
     """Names of the bundles with trained weights whose network is ``dims``-D."""
-    names = []
-    for meta_path in sorted((ROOT / "bundles").glob("*/configs/metadata.json")):
-        meta = json.loads(meta_path.read_text())
-        b = meta_path.parent.parent
-        inputs = meta.get("network_data_format", {}).get("inputs", {})
-        shape = next(iter(inputs.values()), {}).get("spatial_shape", [])
-        if meta.get("weights_trained") and (b / "models" / "model.pt").is_file() and len(shape) == dims:
-            names.append(b.name)
-    return names
+    from common.engines.bundle import trained_bundles as _trained
+
+    return [b.name for b in _trained(ROOT / "bundles", dims)]
 
 
 def resolve_methods(methods: str, dims: int) -> tuple[list[str], list[str]]:

@@ -36,12 +36,12 @@ def _demo_pair() -> tuple[Path, Path]:
 
 
 def _trained_bundle() -> Path | None:
+    from common.engines.bundle import is_trained
+
     for name in BUNDLES:
         b = ROOT / "bundles" / name
-        meta = b / "configs" / "metadata.json"
-        if (b / "models" / "model.pt").is_file() and meta.is_file():
-            if json.loads(meta.read_text()).get("weights_trained", False):
-                return b
+        if (b / "configs" / "metadata.json").is_file() and is_trained(b):
+            return b
     return None
 
 

@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bundle_workflow", "run_bundle"]
+__all__ = ["bundle_workflow", "run_bundle", "bundle_metadata", "bundle_dims", "is_trained", "trained_bundles"]
+
+
+def bundle_metadata(bundle: str | Path) -> dict[str, Any]:
+    """The bundle's ``configs/metadata.json``."""
+    return json.loads((Path(bundle) / "configs" / "metadata.json").read_text())
+
+
+def bundle_dims(bundle: str | Path) -> int:
+    """Spatial dimensions of the bundle's network input (2 or 3), from its metadata."""
+    inputs = bundle_metadata(bundle).get("network_data_format", {}).get("inputs", {})
+    return len(next(iter(inputs.values()), {}).get("spatial_shape", []))
+
+
+def is_trained(bundle: str | Path) -> bool:
+    """The metadata says ``weights_trained`` and ``models/model.pt`` exists."""
+    b = Path(bundle)
+    return bool(bundle_metadata(b).get("weights_trained", False)) and (b / "models" / "model.pt").is_file()
+
+
+def trained_bundles(bundles_dir: str | Path, dims: int | None = None) -> list[Path]:
+    """Bundle folders under ``bundles_dir`` with trained weights (optionally only ``dims``-D ones), by name."""
+    found = []
+    for meta in sorted(Path(bundles_dir).glob("*/configs/metadata.json")):
+        b = meta.parent.parent
+        if is_trained(b) and (dims is None or bundle_dims(b) == dims):
+            found.append(b)
+    return found
 
 
 def bundle_workflow(

@@ -17,11 +17,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from common.data.brain.labels import BRAIN_EVAL_LABELS
 from common.engines.atlas import atlas_segment
+from common.engines.bundle import bundle_metadata, is_trained, trained_bundles
 
 logger = logging.getLogger(__name__)
-
-# request params a user may set (Slicer: the model's config panel); anything else is refused
-PARAMS = {"device": str, "instance_iterations": int}
 
 
 def _model_name(bundle: Path) -> str:
@@ -34,18 +32,9 @@ def find_bundles(bundles_dir: Path, models: str = "all") -> dict[str, Path]:
     Model names are the bundle names without the ``brain_mri_`` prefix (either spelling is accepted in
     ``models``). Raises ``ValueError`` naming unknown or untrained bundles.
     """
-    available: dict[str, Path] = {}
-    untrained: list[str] = []
-    for b in sorted(Path(bundles_dir).glob("*/configs/inference.json")):
-        bundle = b.parent.parent
-        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-        inputs = meta.get("network_data_format", {}).get("inputs", {})
-        if len(next(iter(inputs.values()), {}).get("spatial_shape", [])) != 3:  # 2D bundles (cardiac) are not served
-            continue
-        if not (meta.get("weights_trained") and (bundle / "models" / "model.pt").is_file()):
-            untrained.append(bundle.name)
-            continue
-        available[_model_name(bundle)] = bundle
+    available = {_model_name(b): b for b in trained_bundles(bundles_dir, dims=3)}
+    untrained = [b.parent.parent.name for b in sorted(Path(bundles_dir).glob("*/configs/inference.json"))
+                 if not is_trained(b.parent.parent)]  # fmt: skip
     if models.strip() in ("", "all"):
         if not available:
             raise ValueError(f"monailabel app: no 3D bundle with trained weights under {bundles_dir} "
@@ -66,7 +55,7 @@ class AtlasRegistrationInfer(InferTask):
     """Register the atlas to ``request["image"]`` with a bundle; the result is the propagated label map."""
 
     def __init__(self, bundle: Path, out_root: Path, device: str = "cpu"):
-        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+        meta = bundle_metadata(bundle)
         labels = {name: int(code) for code, name in BRAIN_EVAL_LABELS.items()}
         super().__init__(
             type=InferType.SEGMENTATION,
