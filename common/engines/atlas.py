@@ -75,6 +75,7 @@ def atlas_segment(
     from common.data.brain.align import affine_align
     from common.data.brain.template import Grid
     from common.engines.bundle import run_bundle
+    from common.engines.geometry import world_map_ddf
     from common.io.convert import physical_affine_to_centred
     from common.io.itk_field import itk_field_to_ddf, write_itk_affine, write_itk_displacement
 
@@ -121,14 +122,7 @@ def atlas_segment(
         if labels.shape != arr.shape or not np.allclose(lab_aff, aff, atol=1e-4) or ddf.shape[2:] != arr.shape:
             raise RuntimeError(f"atlas_segment: bundle {bundle} outputs are not on the image grid of {image}.")
         # total map: image voxel i -> i + u(i) (image grid) -> world -> atlas world (affine) -> atlas voxel
-        u = ddf[0].double().numpy()
-        idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in arr.shape], indexing="ij"))
-        pos = (idx + u).reshape(3, -1)
-        world = aff[:3, :3] @ pos + aff[:3, 3:4]
-        atlas_world = aligned.world[:3, :3] @ world + aligned.world[:3, 3:4]
-        inv = np.linalg.inv(atlas_aff)
-        atlas_vox = inv[:3, :3] @ atlas_world + inv[:3, 3:4]
-        total = (atlas_vox.reshape(3, *arr.shape) - idx)[None].astype(np.float32)
+        total = world_map_ddf(aligned.world, aff, arr.shape, target_affine=atlas_aff, pre_ddf=ddf[0].numpy())[None]
         out.mkdir(parents=True, exist_ok=True)
         written = {
             "labels": write_nifti(np.rint(labels).astype(np.int16), aff, out / names["labels"]),

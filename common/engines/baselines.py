@@ -70,10 +70,6 @@ def _labels_on_grid(pair: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.nd
     return fixed, f_aff, moving, m_aff
 
 
-def _identity(shape: tuple[int, ...]) -> np.ndarray:
-    return np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
-
-
 def zero_baseline(pair: dict[str, str]) -> BaselineResult:
     """No registration (the moving and fixed labels must share one grid)."""
     fixed, f_aff, moving, m_aff = _labels_on_grid(pair)
@@ -86,16 +82,12 @@ def itk_affine(pair: dict[str, str]) -> BaselineResult:
     """ITK affine (Mattes MI, two-level pyramid; :func:`common.data.brain.align.affine_align`), 3D."""
     from common.data.brain.align import affine_align
     from common.data.brain.template import Grid
+    from common.engines.geometry import world_map_ddf
 
     fixed, f_aff, _, _ = _labels_on_grid(pair)
     res = affine_align(pair["moving_image"], pair["fixed_image"], moving_labels=pair["moving_label"],
                        grid=Grid(tuple(fixed.shape), f_aff))  # fmt: skip
-    # field in fixed voxels: x -> F^-1 W F x  (W: fixed world -> moving world)
-    grid = _identity(fixed.shape).reshape(3, -1)
-    world = f_aff[:3, :3] @ grid + f_aff[:3, 3:4]
-    mapped = res.world[:3, :3] @ world + res.world[:3, 3:4]
-    vox = np.linalg.solve(f_aff[:3, :3], mapped - f_aff[:3, 3:4])
-    ddf = (vox - grid).reshape(3, *fixed.shape).astype(np.float32)
+    ddf = world_map_ddf(res.world, f_aff, fixed.shape)
     return BaselineResult(ddf, res.labels.astype(np.int32), float(res.seconds))
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "ddf_to_fixed_grid",
     "warp_to_fixed",
     "world_ddf",
+    "world_map_ddf",
 ]
 
 
@@ -125,6 +126,35 @@ def world_ddf(ddf: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
     dims = ddf.shape[1]
     lin = torch.as_tensor(np.asarray(affine, dtype=np.float64)[:dims, :dims], dtype=ddf.dtype, device=ddf.device)
     return torch.einsum("ij,bj...->bi...", lin, ddf)
+
+
+def world_map_ddf(
+    world: np.ndarray,
+    fixed_affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    target_affine: np.ndarray | None = None,
+    pre_ddf: np.ndarray | None = None,
+) -> np.ndarray:
+    """Voxel displacement of a world-space map: fixed voxel ``x`` -> target voxel ``T^-1 W F (x + u(x)) - x``.
+
+    Args:
+        world: ``(D + 1, D + 1)`` map of world (RAS mm) points, fixed side -> target side (e.g. an affine
+            registration's fixed-to-moving matrix).
+        fixed_affine / fixed_shape: the grid the displacement lives on (``F``).
+        target_affine: the grid whose voxels the displacement points into (``T``; default ``F``).
+        pre_ddf: optional ``(D, *S)`` displacement (fixed voxels) applied before ``W`` (composition ``W o (x + u)``).
+
+    Returns:
+        ``(D, *S)`` float32 displacement in voxels (of the target grid when it differs).
+    """
+    dims = len(fixed_shape)
+    f = np.asarray(fixed_affine, dtype=np.float64)
+    t = f if target_affine is None else np.asarray(target_affine, dtype=np.float64)
+    mapping = np.linalg.inv(t) @ np.asarray(world, dtype=np.float64) @ f
+    idx = identity_grid(fixed_shape, dtype=torch.float64).numpy()[0].reshape(dims, -1)
+    pos = idx if pre_ddf is None else idx + np.asarray(pre_ddf, dtype=np.float64).reshape(dims, -1)
+    out = mapping[:dims, :dims] @ pos + mapping[:dims, dims:] - idx
+    return out.reshape(dims, *fixed_shape).astype(np.float32)
 
 
 def ddf_to_fixed_grid(

@@ -99,3 +99,24 @@ def test_network_grid_rejects_bad_arguments():
         network_grid(np.eye(4), (8, 8, 8), (1, 1))
     with pytest.raises(ValueError, match="does not fit"):
         network_grid(np.eye(3), (8, 8, 8), (1, 1, 1))
+
+
+def test_world_map_ddf_composes_a_pre_displacement_and_changes_grid():
+    from common.engines.geometry import world_map_ddf
+
+    fixed = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed[:3, 3] = [-10.0, 4.0, 0.0]
+    target = np.diag([1.0, 1.0, 1.0, 1.0])
+    world = np.eye(4)
+    world[:3, 3] = [3.0, 0.0, -2.0]  # fixed world point -> target world point + (3, 0, -2) mm
+    shape = (4, 5, 3)
+    # identity world map on the same grid: zero field; pure pre-displacement passes through unchanged
+    assert np.abs(world_map_ddf(np.eye(4), fixed, shape)).max() < 1e-6
+    u = np.random.default_rng(0).normal(0, 1, (3, *shape))
+    assert np.allclose(world_map_ddf(np.eye(4), fixed, shape, pre_ddf=u), u, atol=1e-5)
+    # voxel x of the fixed grid lands at target voxel T^-1 (W (F (x + u)))
+    d = world_map_ddf(world, fixed, shape, target_affine=target, pre_ddf=u)
+    x = np.array([1, 2, 0])
+    p = fixed @ np.append(x + u[:, 1, 2, 0], 1.0)
+    expected = (np.linalg.inv(target) @ world @ p)[:3] - x
+    assert np.allclose(d[:, 1, 2, 0], expected, atol=1e-4)
