@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+
+from common.engines.bundle import bundle_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "bundles" / "_schema" / "meta_schema_20240725.json"
@@ -96,12 +98,10 @@ def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(bundle),
+    wf = bundle_workflow(
+        bundle,
+        "inference",
+        "infer",
         ckpt_path=str(ckpt),
         moving=files["moving"],
         fixed=files["fixed"],

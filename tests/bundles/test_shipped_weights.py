@@ -29,7 +29,7 @@ def test_untrained_bundles_ship_no_weights():
 @pytest.mark.skipif(not TRAINED, reason="no bundle ships trained weights yet")
 @pytest.mark.parametrize("bundle", TRAINED, ids=lambda p: p.name)
 def test_shipped_weights_load_safely_match_hash_and_improve_the_demo_pair(bundle, tmp_path):
-    from monai.bundle import ConfigWorkflow
+    from common.engines.bundle import bundle_workflow
 
     weights = bundle / "models" / "model.pt"
     state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -46,12 +46,10 @@ def test_shipped_weights_load_safely_match_hash_and_improve_the_demo_pair(bundle
     else:  # no real ED/ES pair exists here: held-out phantom test subject 0 (never trained on), rendered fresh
         pair = _phantom_pair(tmp_path)
     out = tmp_path / "out"
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "inference.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(bundle),
+    wf = bundle_workflow(
+        bundle,
+        "inference",
+        "infer",
         moving=str(pair["moving"]),
         fixed=str(pair["fixed"]),
         moving_label=str(pair["moving_label"]) if "moving_label" in pair else None,

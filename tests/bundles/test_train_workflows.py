@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+
+from common.engines.bundle import bundle_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAIN_TRAIN_BUNDLES = [ROOT / "bundles" / "brain_mri_hybrid_loss"]
@@ -54,13 +55,11 @@ def make_tiny_brain_dataset(folder: Path, shape=(32, 32, 32)) -> Path:
     return path
 
 
-def _train(bundle: Path, datalist: Path, out: Path, max_epochs: int) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "train.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(bundle),
+def _train(bundle: Path, datalist: Path, out: Path, max_epochs: int):
+    wf = bundle_workflow(
+        bundle,
+        "train",
+        "train",
         datalist=str(datalist),
         dataset_dir=str(datalist.parent),
         output_dir=str(out),
@@ -103,12 +102,10 @@ def test_train_validate_checkpoint_and_resume(bundle, tmp_path):
 @pytest.mark.parametrize("bundle", BRAIN_TRAIN_BUNDLES, ids=lambda p: p.name)
 def test_evaluate_config_scores_a_checkpoint(bundle, tmp_path):
     datalist = make_tiny_brain_dataset(tmp_path)
-    wf = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="eval",
-        bundle_root=str(bundle),
+    wf = bundle_workflow(
+        bundle,
+        ["train", "evaluate"],
+        "eval",
         datalist=str(datalist),
         output_dir=str(tmp_path / "eval"),
         device="cpu",
@@ -132,12 +129,10 @@ def test_cardiac_bundle_trains_multilevel_and_validates(tmp_path):
     folder = prepare_phantom_dataset(tmp_path / "card", n_train=3, n_val=1, n_test=1, seed=0, progress=False)
     datalist = Path(folder) / "datalist.json" if Path(folder).is_dir() else Path(folder)
     out = tmp_path / "run"
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "train.json"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(bundle),
+    wf = bundle_workflow(
+        bundle,
+        "train",
+        "train",
         datalist=str(datalist),
         output_dir=str(out),
         device="cpu",
@@ -161,12 +156,10 @@ def test_cardiac_evaluate_config_scores_the_shipped_weights(tmp_path):
     bundle = ROOT / "bundles" / "cardiac_cine_ngf_bspline"
     folder = prepare_phantom_dataset(tmp_path / "card", n_train=1, n_val=1, n_test=2, seed=0, progress=False)
     datalist = Path(folder) / "datalist.json" if Path(folder).is_dir() else Path(folder)
-    wf = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="eval",
-        bundle_root=str(bundle),
+    wf = bundle_workflow(
+        bundle,
+        ["train", "evaluate"],
+        "eval",
         datalist=str(datalist),
         output_dir=str(tmp_path / "eval"),
         device="cpu",
