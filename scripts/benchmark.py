@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 from common.data.datalist import load_datalist  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
+from common.io.report import markdown_table, mean_sd  # noqa: E402
 
 DATASETS = {
     "brain_1mm": (ROOT / "data/prepared/brain/datalist_1mm.json", "test"),
@@ -177,21 +178,23 @@ def speed_ratios(rows: list[dict[str, Any]], reference: str = "ants") -> None:
         r["speedup_vs_ants"] = (ref[r["pair"]] / t) if r["pair"] in ref and t else None
 
 
-def _fmt(values: list[Any], digits: int = 4) -> str:
-    vals = [float(v) for v in values if v is not None and np.isfinite(float(v))]
-    if not vals:
-        return "n/a"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
-
-
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    head = "| method | " + " | ".join(label for _, label in SUMMARY) + " |"
-    lines = [head, "|" + "---|" * (len(SUMMARY) + 1)]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        sel = [r for r in rows if r["method"] == method]
-        cells = [_fmt([r.get(k) for r in sel], 2 if k in ("seconds", "speedup_vs_ants") else 4) for k, _ in SUMMARY]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    methods = dict.fromkeys(r["method"] for r in rows)
+    return markdown_table(
+        ["method", *(label for _, label in SUMMARY)],
+        [
+            [
+                m,
+                *(
+                    mean_sd(
+                        (r.get(k) for r in rows if r["method"] == m), 2 if k in ("seconds", "speedup_vs_ants") else 4
+                    )
+                    for k, _ in SUMMARY
+                ),
+            ]
+            for m in methods
+        ],
+    )
 
 
 def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> list[str]:
@@ -381,8 +384,8 @@ def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations:
         t = json.loads((Path(out) / "work" / f"{name}_train.json").read_text())
         rows.append({"bundle": name, "what": "training step", "seconds": round(t["seconds_per_step"], 2),
                      "peak_rss_gib": round(peak, 3)})  # fmt: skip
-    lines = ["| bundle | what | seconds | peak RAM (GiB) |", "|---|---|---|---|"]
-    lines += [f"| {r['bundle']} | {r['what']} | {r['seconds']} | {r['peak_rss_gib']} |" for r in rows]
+    lines = [markdown_table(["bundle", "what", "seconds", "peak RAM (GiB)"],
+                            [[r["bundle"], r["what"], r["seconds"], r["peak_rss_gib"]] for r in rows])]  # fmt: skip
     text = "\n".join(lines) + "\n"
     with atomic_path(Path(out) / "profile.md") as tmp:
         tmp.write_text(text)

@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.io.nifti import atomic_path  # noqa: E402
+from common.io.report import markdown_table  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "cardiac_cine_ngf_bspline"
 DEFAULTS = {"delta": 1.0, "alpha": 100.0, "beta": 20.0}  # the bundle's defaults (train.json)
@@ -146,15 +147,33 @@ def main(
         f"Test slices: {rows[0]['pairs']} ED<->ES pairs; each variant trained {rows[0]['epochs']} epochs x 50 iterations, batch 8;",
         "score of the last checkpoint. Dice: mean over RV, myocardium, LV cavity.",
         "",
-        "| variant | delta | alpha | beta | Dice | det J <= 0 (%) | whole-slice NCC |",
-        "|---|---|---|---|---|---|---|",
-        f"| no registration | | | | {rows[0]['dice_zero']:.4f} | 0 | {rows[0].get('ncc_zero', float('nan')):.4f} |",
+        markdown_table(
+            ["variant", "delta", "alpha", "beta", "Dice", "det J <= 0 (%)", "whole-slice NCC"],
+            [
+                [
+                    "no registration",
+                    "",
+                    "",
+                    "",
+                    f"{rows[0]['dice_zero']:.4f}",
+                    0,
+                    f"{rows[0].get('ncc_zero', float('nan')):.4f}",
+                ]
+            ]
+            + [
+                [
+                    r["variant"],
+                    f"{r['delta']:g}",
+                    f"{r['alpha']:g}",
+                    f"{r['beta']:g}",
+                    f"{r['dice']:.4f} ± {r['dice_sd']:.4f}",
+                    f"{r['folding_percent']:.3f}",
+                    f"{r.get('ncc', float('nan')):.4f}",
+                ]
+                for r in rows
+            ],
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['delta']:g} | {r['alpha']:g} | {r['beta']:g} | {r['dice']:.4f} ± {r['dice_sd']:.4f} "
-            f"| {r['folding_percent']:.3f} | {r.get('ncc', float('nan')):.4f} |"
-        )
     text = "\n".join(lines) + "\n"
     with atomic_path(out_dir / "study.md") as tmp:
         tmp.write_text(text)

@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 from common.data.datalist import load_datalist  # noqa: E402
 from common.engines.baselines import classic_bspline, itk_affine  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
+from common.io.report import markdown_table, mean_sd  # noqa: E402
 from common.metrics import evaluate_registration  # noqa: E402
 
 SUMMARY_KEYS = ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent", "seconds")
@@ -126,13 +127,6 @@ def evaluate_pair(
     return results
 
 
-def _fmt(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    if not vals:
-        return "n/a"
-    return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}"
-
-
 def main(
     bundle: str = "brain_mri_hybrid_loss",
     datalist: str = "data/prepared/brain/datalist_1mm.json",
@@ -197,13 +191,14 @@ def main(
     lines = [
         f"Pairs: {len(pairs)} ({section} of {datalist}); mean ± sd over pairs.",
         "",
-        "| method | Dice | HD95 (mm) | SDlogJ | NDV (%) | det J ≤ 0 (%) | time / pair (s) |",
-        "|---|---|---|---|---|---|---|",
+        markdown_table(
+            ["method", "Dice", "HD95 (mm)", "SDlogJ", "NDV (%)", "det J ≤ 0 (%)", "time / pair (s)"],
+            [
+                [m, *(mean_sd(r[k] for r in rows if r["method"] == m) for k in SUMMARY_KEYS)]
+                for m in dict.fromkeys(r["method"] for r in rows)
+            ],
+        ),
     ]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        sel = [r for r in rows if r["method"] == method]
-        cells = [_fmt([r[k] for r in sel]) for k in SUMMARY_KEYS]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if run_info:
         lines += ["", f"Bundle run: {run_info['wall_s']:.1f} s wall for {len(pairs)} pairs (incl. start-up and "
                       f"writing all outputs), peak RSS {run_info['peak_rss_gib']:.2f} GiB."]  # fmt: skip
