@@ -144,6 +144,19 @@ def _json_pairs(data, key, path, base, subjects, caller, labels_dir=None) -> lis
     return pairs
 
 
+def _json_subjects(data: dict, path: Path, base: Path, caller: str, with_labels: bool) -> list[dict[str, str]]:
+    """The ``training`` subjects of a Learn2Reg dataset JSON (``id``, ``image``, and ``label`` when asked and given)."""
+    training = []
+    for entry in _entries(data, "training", path, caller, ("image",)):
+        image = _resolve(base, entry["image"], path, caller)
+        item = {"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}:training", caller)}
+        if with_labels and isinstance(entry.get("label"), str):
+            label = _resolve(base, entry["label"], path, caller)
+            item["label"] = _existing(label, f"label of {path.name}:training", caller)
+        training.append(item)
+    return training
+
+
 def read_l2r_oasis(root: str | os.PathLike, json_name: str = "OASIS_dataset.json") -> dict[str, list[dict[str, str]]]:
     """The Learn2Reg OASIS task: ``{"training": subjects, "validation": pairs, "test": pairs}``.
 
@@ -158,15 +171,7 @@ def read_l2r_oasis(root: str | os.PathLike, json_name: str = "OASIS_dataset.json
     base = Path(root)
     path = base / json_name
     data = _load_json(path, caller)
-    training = []
-    for entry in _entries(data, "training", path, caller, ("image",)):
-        image = _resolve(base, entry["image"], path, caller)
-        item = {"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}:training", caller)}
-        if isinstance(entry.get("label"), str):
-            item["label"] = _existing(
-                _resolve(base, entry["label"], path, caller), f"label of {path.name}:training", caller
-            )
-        training.append(item)
+    training = _json_subjects(data, path, base, caller, with_labels=True)
     subjects = {t["image"]: t for t in training}
     val_key = "registration_val" if "registration_val" in data else "validation"
     validation = _json_pairs(data, val_key, path, base, subjects, caller, labels_dir="labels")
@@ -184,10 +189,7 @@ def read_lumir(root: str | os.PathLike, json_name: str = "LUMIR_dataset.json") -
     base = Path(root)
     path = base / json_name
     data = _load_json(path, caller)
-    training = []
-    for entry in _entries(data, "training", path, caller, ("image",)):
-        image = _resolve(base, entry["image"], path, caller)
-        training.append({"id": _case_id(str(image)), "image": _existing(image, f"image of {path.name}", caller)})
+    training = _json_subjects(data, path, base, caller, with_labels=False)
     subjects = {t["image"]: t for t in training}
     return {
         "training": training,
