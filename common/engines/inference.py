@@ -210,6 +210,11 @@ class SaveRegistrationOutputsd(Transform):
         write_itk / write_l2r / write_qc: optional outputs.
         extra_outputs: callable ``(item, ddf_net) -> dict[name, (array (C or 1, *S_net))]`` for method-specific
             maps (e.g. an uncertainty map); they are resampled to the fixed grid and written as NIfTI.
+        qc_extra: name of the extra output shown as the last column of the QC figure.
+        inverse_to_ddf: for methods with an inverse transform (e.g. ``SVFToDDF(inverse=True)``): turns ``pred``
+            into the inverse displacement on the network grid. Then also written, on the MOVING image's grid:
+            ``inverse_displacement_itk.nii.gz`` (pulls the fixed image onto the moving one), ``warped_fixed.nii.gz``
+            and, with both label maps, ``warped_fixed_label.nii.gz`` and ``dice_inverse_*`` metrics.
     """
 
     def __init__(
@@ -221,6 +226,8 @@ class SaveRegistrationOutputsd(Transform):
         write_l2r: bool = True,
         write_qc: bool = True,
         extra_outputs: Any = None,
+        qc_extra: str | None = None,
+        inverse_to_ddf: PredToDDF | None = None,
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
         self.output_dir = Path(output_dir)
@@ -230,7 +237,7 @@ class SaveRegistrationOutputsd(Transform):
             write_l2r,
             write_qc,
         )
-        self.extra_outputs = extra_outputs
+        self.extra_outputs, self.qc_extra, self.inverse_to_ddf = extra_outputs, qc_extra, inverse_to_ddf
         self._written: set[str] = set()
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -282,29 +289,22 @@ class SaveRegistrationOutputsd(Transform):
 
         dims = ddf.shape[1]
         fixed_shape = tuple(int(s) for s in geo["fixed_shape"])
-        written = {
-            "warped_image": str(
-                write_nifti(warped, geo["fixed_affine"] if dims == 3 else _aff3(geo), out / "warped.nii.gz")
-            )
-        }
+        written = {"warped_image": str(write_nifti(warped, _as4(geo["fixed_affine"]), out / "warped.nii.gz"))}
         metrics: dict[str, Any] = {
             "ncc_before": _ncc(unwarped, fixed),
             "ncc_after": _ncc(warped, fixed),
             "sdlogj": float(sdlogj(ddf[0].numpy())),
             "percent_folding": float(percent_folding(ddf[0].numpy())),
+            "folding_voxels": int(round(percent_folding(ddf[0].numpy()) * ddf[0, 0].numel() / 100.0)),
         }
         if paths.get("moving_label"):
-            labels, _ = read_nifti(paths["moving_label"], ndim=dims, dtype=None)
-            labels = np.rint(labels).astype(np.int64)
-            codes = np.unique(labels)
-            idx = np.searchsorted(codes, labels)
-            oh = one_hot(torch.as_tensor(idx)[None, None], len(codes), dtype=torch.float32)
+            codes, oh = _read_onehot(paths["moving_label"], dims)
             soft = warp_to_fixed(oh, geo["moving_affine"], ddf, geo["fixed_affine"])
             warped_labels = codes[soft.argmax(1)[0].numpy()].astype(np.int32)
             written["warped_label"] = str(
                 write_nifti(
                     warped_labels,
-                    geo["fixed_affine"] if dims == 3 else _aff3(geo),
+                    _as4(geo["fixed_affine"]),
                     out / "warped_label.nii.gz",
                 )
             )
@@ -323,16 +323,23 @@ class SaveRegistrationOutputsd(Transform):
                 )
                 metrics["dice_after"] = float(np.mean(list(_dice_values(d_after)))) if _dice_values(d_after) else None
         if self.write_l2r:
-            written["l2r_displacement"] = str(write_l2r_displacement(ddf, out / "disp.nii.gz", affine=_aff4(geo)))
+            written["l2r_displacement"] = str(
+                write_l2r_displacement(ddf, out / "disp.nii.gz", affine=_as4(geo["fixed_affine"]))
+            )
         if self.write_itk:  # 2D fields are 2D ITK vector images (ITK/SimpleITK read them; 3D Slicer wants 3D)
             written["itk_displacement"] = str(
                 write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz")
             )
+        if self.inverse_to_ddf is not None:
+            written.update(self._write_inverse(item, out, geo, paths, metrics, fixed))
+        qc_map = None
         if self.extra_outputs is not None:
             for name, arr in self.extra_outputs(item, ddf_net).items():
                 t = torch.as_tensor(arr)[None].float()
                 res = resample_to_grid(t, geo["net_affine"], geo["fixed_affine"], fixed_shape)[0]
                 written[name] = str(write_nifti(res[0].numpy(), geo["fixed_affine"], out / f"{name}.nii.gz"))
+                if name == self.qc_extra:
+                    qc_map = res[0].numpy()
         metrics["seconds_postprocess"] = time.perf_counter() - start
         if "t_start" in item:
             # reading + resampling + network + mapping back + writing every output, for this pair
@@ -346,6 +353,8 @@ class SaveRegistrationOutputsd(Transform):
                     ddf,
                     out / "qc.png",
                     title=final_out.name,
+                    extra=qc_map,
+                    extra_label=self.qc_extra or "extra",
                     metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")},
                 )
             )
@@ -354,24 +363,66 @@ class SaveRegistrationOutputsd(Transform):
             tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
         item["registration"] = {"name": final_out.name, "out_dir": str(final_out), **metrics}
 
+    def _write_inverse(self, item, out, geo, paths, metrics, fixed) -> dict[str, str]:
+        """Inverse outputs on the moving image's grid (see ``inverse_to_ddf``); updates ``metrics``."""
+        from common.io.itk_field import write_itk_displacement
+        from common.metrics import dice_per_label, percent_folding, sdlogj
+
+        pred = item["pred"]
+        pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
+        net_shape = tuple(item["fixed_image"].shape[1:])
+        dims = len(net_shape)
+        moving_aff = _as4(geo["moving_affine"])
+        moving_arr, _ = read_nifti(paths["moving_image"], ndim=dims)
+        with torch.no_grad():
+            inv_net = self.inverse_to_ddf(pred[None].float(), net_shape)
+            inv = ddf_to_fixed_grid(inv_net, geo["net_affine"], geo["moving_affine"], moving_arr.shape)
+        t_fix = torch.as_tensor(fixed)[None, None]
+        warped_fixed = warp_to_fixed(t_fix, geo["fixed_affine"], inv, geo["moving_affine"])[0, 0].numpy()
+        written = {
+            "warped_fixed": str(write_nifti(warped_fixed, moving_aff, out / "warped_fixed.nii.gz")),
+            "inverse_itk_displacement": str(
+                write_itk_displacement(inv, geo["moving_affine"], out / "inverse_displacement_itk.nii.gz")
+            ),
+        }
+        metrics["ncc_inverse_after"] = _ncc(warped_fixed, moving_arr)
+        metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy()))
+        metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy()))
+        if paths.get("moving_label") and paths.get("fixed_label"):
+            codes, oh = _read_onehot(paths["fixed_label"], dims)
+            soft = warp_to_fixed(oh, geo["fixed_affine"], inv, geo["moving_affine"])
+            warped_labels = codes[soft.argmax(1)[0].numpy()].astype(np.int32)
+            written["warped_fixed_label"] = str(
+                write_nifti(warped_labels, moving_aff, out / "warped_fixed_label.nii.gz")
+            )
+            moving_labels, _ = read_nifti(paths["moving_label"], ndim=dims, dtype=None)
+            values = _dice_values(dice_per_label(warped_labels, np.rint(moving_labels).astype(np.int64)))
+            metrics["dice_inverse_after"] = float(np.mean(values)) if values else None
+        return written
+
+
+def _read_onehot(path: str, dims: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Label codes present in a map and its one-hot ``(1, K, *S)`` float tensor (index ``i`` = ``codes[i]``)."""
+    labels, _ = read_nifti(path, ndim=dims, dtype=None)
+    labels = np.rint(labels).astype(np.int64)
+    codes = np.unique(labels)
+    idx = np.searchsorted(codes, labels)
+    return codes, one_hot(torch.as_tensor(idx)[None, None], len(codes), dtype=torch.float32)
+
+
+def _as4(aff: np.ndarray) -> np.ndarray:
+    """A 2D ``(3, 3)`` affine as the ``(4, 4)`` NIfTI affine; a 3D one unchanged."""
+    aff = np.asarray(aff, dtype=np.float64)
+    if aff.shape == (4, 4):
+        return aff
+    full = np.eye(4)
+    full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
+    return full
+
 
 def _dice_values(result: Any) -> list[float]:
     per = result.get("per_label", result) if isinstance(result, dict) else result
     return [float(v) for v in per.values() if v is not None and np.isfinite(v)]
-
-
-def _aff4(geo: dict[str, np.ndarray]) -> np.ndarray:
-    aff = geo["fixed_affine"]
-    if aff.shape == (4, 4):
-        return aff
-    return _aff3(geo)
-
-
-def _aff3(geo: dict[str, np.ndarray]) -> np.ndarray:
-    aff = geo["fixed_affine"]
-    full = np.eye(4)
-    full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
-    return full
 
 
 class RegistrationSummaryHandler:

@@ -125,15 +125,19 @@ class SVFToDDF(PredToDDF):
 
     Args:
         num_steps: scaling-and-squaring steps.
+        inverse: integrate ``-v`` instead: the displacement of the inverse transform ``exp(-v)`` (it lives on the
+            moving image's side: it pulls the fixed image onto the moving one).
     """
 
-    def __init__(self, num_steps: int = 7) -> None:
+    def __init__(self, num_steps: int = 7, inverse: bool = False) -> None:
         super().__init__()
         self.integrate = VelocityIntegrator(num_steps)
+        self.inverse = bool(inverse)
 
     def forward(self, pred: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         dims = pred.ndim - 2
-        return resize_flow(self.integrate(pred[:, :dims]), size)
+        v = pred[:, :dims]
+        return resize_flow(self.integrate(-v if self.inverse else v), size)
 
 
 class BSplineToDDF(PredToDDF):

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from common.networks.bspline_net import SharedStreamBSplineNet
-from common.networks.voxelmorph import FlowHead, RegUNet
+from common.networks.voxelmorph import FlowHead, ProbabilisticRegUNet, RegUNet
 
-__all__ = ["FlowHead", "RegUNet", "SharedStreamBSplineNet"]
+__all__ = ["FlowHead", "ProbabilisticRegUNet", "RegUNet", "SharedStreamBSplineNet"]
