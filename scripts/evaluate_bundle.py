@@ -37,6 +37,7 @@ from common.io.report import markdown_table, mean_sd  # noqa: E402
 from common.metrics import evaluate_registration  # noqa: E402
 
 SUMMARY_KEYS = ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent", "seconds")
+EXTRA_KEYS = ("folding_voxels", "dice_inverse")  # bundle rows only, where the method has them
 
 
 def _stem(path: str) -> str:
@@ -55,7 +56,14 @@ def _pair_dir(out: Path, pair: dict[str, str]) -> Path:
 
 
 def run_bundle(
-    bundle: Path, datalist: Path, section: str, out: Path, ckpt: str | None, device: str, channels: int | None = None
+    bundle: Path,
+    datalist: Path,
+    section: str,
+    out: Path,
+    ckpt: str | None,
+    device: str,
+    channels: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run the bundle's inference.json over a datalist section in a subprocess; return wall time and peak RSS."""
     cmd = [
@@ -72,6 +80,8 @@ def run_bundle(
         cmd += ["--ckpt_path", str(ckpt)]
     if channels:
         cmd += ["--channels", str(int(channels))]
+    for key, value in (overrides or {}).items():  # repr: fire parses Python literals (False, 50), not 'false'
+        cmd += [f"--{key}", repr(value) if not isinstance(value, str) else value]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=str(bundle), capture_output=True, text=True)
@@ -123,7 +133,13 @@ def evaluate_pair(
         results["bundle"] = {
             **_metrics(ddf, warped, fixed_lab, moving_lab, spacing),
             "seconds": info.get("seconds_total"),
+            "folding_voxels": info.get("folding_voxels"),
         }
+        if (d / "warped_fixed_label.nii.gz").is_file():  # methods with an inverse: fixed labels onto the moving grid
+            inv_warped, _ = read_nifti(d / "warped_fixed_label.nii.gz", ndim=dims, dtype=np.int32)
+            inv = evaluate_registration(np.zeros((dims, *moving_lab.shape), np.float32), inv_warped, moving_lab,
+                                        spacing, moving_labels=fixed_lab)  # fmt: skip
+            results["bundle"]["dice_inverse"] = inv["dice_mean"]
     return results
 
 
@@ -141,6 +157,7 @@ def main(
     classic_alpha: float = 0.1,
     limit: int | None = None,
     channels: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """Evaluate ``bundle`` (and the zero/affine baselines) on ``section`` of ``datalist``; write CSV + Markdown.
 
@@ -156,6 +173,8 @@ def main(
         classic_iterations: > 0 adds a classic iterative NGF + curvature B-spline registration per pair.
         classic_stride: its control-point spacing (voxels). classic_alpha: its curvature weight.
         limit: evaluate only the first ``limit`` pairs of the section.
+        channels: network width override (ablation checkpoints).
+        overrides: other inference.json values, e.g. ``--overrides '{"instance_iterations": 50}'``.
     """
     bundle_path = ROOT / "bundles" / bundle
     out_dir = (Path(out) / bundle).resolve()  # the bundle runs with its own folder as working directory
@@ -175,13 +194,14 @@ def main(
             used = out_dir / "datalist_used.json"
             with atomic_path(used) as tmp:
                 tmp.write_text(json.dumps({section: pairs}, indent=1))
-        run_info = run_bundle(bundle_path, used, section, out_dir / "outputs", ckpt, device, channels)
+        run_info = run_bundle(bundle_path, used, section, out_dir / "outputs", ckpt, device, channels, overrides)
     rows = []
     for pair in tqdm(pairs, desc="metrics", unit="pair"):
         res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine, classic)
         for method, m in res.items():
             rows.append({"pair": pair.get("id", _stem(pair["moving_image"])), "method": method,
                          **{k: m.get(k) for k in SUMMARY_KEYS},
+                         **{k: m.get(k) for k in EXTRA_KEYS},
                          "dice_per_label": json.dumps({str(k): round(float(v), 4) for k, v in m["dice_per_label"].items()})})  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as fh:

@@ -12,7 +12,7 @@ for variant in "$@"; do
     full) extra=() ;;
     diag) extra=(--smoothing_sigma 0.0) ;;
     unidir) extra=(--bidirectional False) ;;
-    seg) extra=(--seg_weight 100.0) ;;
+    seg) extra=(--seg_weight 1.0) ;;
     *) echo "unknown variant: $variant (full | diag | unidir | seg)" >&2; exit 2 ;;
   esac
   mkdir -p "$RUNS/$variant"
