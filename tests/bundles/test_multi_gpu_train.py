@@ -27,7 +27,7 @@ def _torchrun(bundle: Path, datalist: Path, out: Path, max_epochs: int) -> str:
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
         "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
         "--datalist", str(datalist), "--dataset_dir", str(datalist.parent), "--output_dir", str(out),
-        "--channels", "8", "--patch_size", "[32,32,32]", "--epoch_length", "2", "--max_epochs", str(max_epochs),
+        "--channels", "8", "--patch_size", "[32,32,32]", "--epoch_length", "2", "--max_epochs", str(max_epochs), "--val_interval", "1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
