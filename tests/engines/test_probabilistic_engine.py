@@ -171,7 +171,9 @@ def test_uncertainty_map_tracks_the_posterior_variance_and_the_spacing():
     assert torch.allclose(high_2mm, 2 * high, rtol=1e-4, atol=1e-6)
     # velocity std 0.2 half-res voxels -> displacement std about 0.4 input voxels per axis, sqrt(3) * 0.4 combined
     assert 0.3 < float(high[:, 4:-4, 4:-4, 4:-4].mean()) < 1.2
-    assert torch.equal(unc.maps(_pred(mu, -3.0), (16,) * 3, (1.0,) * 3), unc.maps(_pred(mu, -3.0), (16,) * 3, (1.0,) * 3))
+    assert torch.equal(
+        unc.maps(_pred(mu, -3.0), (16,) * 3, (1.0,) * 3), unc.maps(_pred(mu, -3.0), (16,) * 3, (1.0,) * 3)
+    )
     with pytest.raises(ValueError, match="num_samples"):
         PosteriorUncertainty(loss, num_samples=1)
 
