@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 from common.data.datalist import load_datalist  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
-from common.io.report import markdown_table, mean_sd  # noqa: E402
+from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
 
 DATASETS = {
     "brain_1mm": (ROOT / "data/prepared/brain/datalist_1mm.json", "test"),
@@ -339,7 +339,7 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     plots = _plots(ok, out_dir, qc) if ok else []
     import platform
 
-    text = "\n".join([
+    summary = write_report(out_dir / "summary.md", [
         f"Pairs: {len(pairs)} ({section} of {datalist}); {len(labels)} labels; mean ± sd over pairs. ANTs preset: "
         f"{ants_preset}. time = the registration itself (loading/writing excluded for peers; for bundles the whole "
         "`inference.json` run incl. outputs); peak RAM = the method's own subprocess; × faster = ANTs time / "
@@ -350,11 +350,8 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
         "",
         *[f"Note: {n}" for n in notes],
     ])  # fmt: skip
-    with atomic_path(out_dir / "summary.md") as tmp:
-        tmp.write_text(text + "\n")
-    print(text)
-    print(f"benchmark: wrote {out_dir / 'results.csv'}, {out_dir / 'summary.md'}, {plots}")
-    return str(out_dir / "summary.md")
+    print(f"benchmark: wrote {out_dir / 'results.csv'}, {summary}, {plots}")
+    return summary
 
 
 def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations: int = 3) -> str:
@@ -386,11 +383,7 @@ def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations:
                      "peak_rss_gib": round(peak, 3)})  # fmt: skip
     lines = [markdown_table(["bundle", "what", "seconds", "peak RAM (GiB)"],
                             [[r["bundle"], r["what"], r["seconds"], r["peak_rss_gib"]] for r in rows])]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    with atomic_path(Path(out) / "profile.md") as tmp:
-        tmp.write_text(text)
-    print(text)
-    return str(Path(out) / "profile.md")
+    return write_report(Path(out) / "profile.md", lines)
 
 
 def train_step(bundle: str, iterations: int, out: str, device: str = "cpu") -> None:

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.io.nifti import atomic_path  # noqa: E402
-from common.io.report import markdown_table  # noqa: E402
+from common.io.report import markdown_table, write_report  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "cardiac_cine_ngf_bspline"
 DEFAULTS = {"delta": 1.0, "alpha": 100.0, "beta": 20.0}  # the bundle's defaults (train.json)
@@ -174,11 +174,7 @@ def main(
             ],
         ),
     ]
-    text = "\n".join(lines) + "\n"
-    with atomic_path(out_dir / "study.md") as tmp:
-        tmp.write_text(text)
-    print(text)
-    return str(out_dir / "study.md")
+    return write_report(out_dir / "study.md", lines)
 
 
 if __name__ == "__main__":

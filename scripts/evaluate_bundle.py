@@ -33,8 +33,8 @@ if str(ROOT) not in sys.path:
 from common.data.datalist import load_datalist  # noqa: E402
 from common.engines.baselines import classic_bspline, itk_affine  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
-from common.io.report import markdown_table, mean_sd  # noqa: E402
-from common.metrics import evaluate_registration  # noqa: E402
+from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
+from common.metrics import dice_per_label, evaluate_registration  # noqa: E402
 
 SUMMARY_KEYS = ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent", "seconds")
 EXTRA_KEYS = ("folding_voxels", "dice_inverse")  # bundle rows only, where the method has them
@@ -137,9 +137,9 @@ def evaluate_pair(
         }
         if (d / "warped_fixed_label.nii.gz").is_file():  # methods with an inverse: fixed labels onto the moving grid
             inv_warped, _ = read_nifti(d / "warped_fixed_label.nii.gz", ndim=dims, dtype=np.int32)
-            inv = evaluate_registration(np.zeros((dims, *moving_lab.shape), np.float32), inv_warped, moving_lab,
-                                        spacing, moving_labels=fixed_lab)  # fmt: skip
-            results["bundle"]["dice_inverse"] = inv["dice_mean"]
+            # the forward rule mirrored: Learn2Reg presence test against the unwarped (fixed) labels
+            inv = dice_per_label(inv_warped, moving_lab, moving=fixed_lab)
+            results["bundle"]["dice_inverse"] = float(np.mean(list(inv.values()))) if inv else float("nan")
     return results
 
 
@@ -222,11 +222,7 @@ def main(
     if run_info:
         lines += ["", f"Bundle run: {run_info['wall_s']:.1f} s wall for {len(pairs)} pairs (incl. start-up and "
                       f"writing all outputs), peak RSS {run_info['peak_rss_gib']:.2f} GiB."]  # fmt: skip
-    summary = "\n".join(lines) + "\n"
-    with atomic_path(out_dir / "summary.md") as tmp:
-        tmp.write_text(summary)
-    print(summary)
-    return str(out_dir / "summary.md")
+    return write_report(out_dir / "summary.md", lines)
 
 
 if __name__ == "__main__":

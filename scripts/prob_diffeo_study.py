@@ -24,8 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from common.io.nifti import atomic_path  # noqa: E402
-from common.io.report import markdown_table, mean_sd  # noqa: E402
+from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
 
 BUNDLE = "brain_mri_prob_diffeo"
 
@@ -105,12 +104,7 @@ def main(
               markdown_table(["iterations", "Dice", "det J ≤ 0 (%)", "s / pair (whole inference)"],
                              [row(lab, res[v], ["dice_mean", "folding_percent", "seconds"])
                               for lab, v in io_rows if v in res])]  # fmt: skip
-    text = "\n".join(parts) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "study.md") as tmp:
-        tmp.write_text(text)
-    print(text)
-    return str(out_dir / "study.md")
+    return write_report(out_dir / "study.md", parts)
 
 
 if __name__ == "__main__":

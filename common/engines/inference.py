@@ -294,9 +294,9 @@ class SaveRegistrationOutputsd(Transform):
             "ncc_before": _ncc(unwarped, fixed),
             "ncc_after": _ncc(warped, fixed),
             "sdlogj": float(sdlogj(ddf[0].numpy())),
-            "percent_folding": float(percent_folding(ddf[0].numpy())),
-            "folding_voxels": int(round(percent_folding(ddf[0].numpy()) * ddf[0, 0].numel() / 100.0)),
         }
+        metrics["percent_folding"] = folding = float(percent_folding(ddf[0].numpy()))
+        metrics["folding_voxels"] = int(round(folding * ddf[0, 0].numel() / 100.0))
         if paths.get("moving_label"):
             codes, oh = _read_onehot(paths["moving_label"], dims)
             soft = warp_to_fixed(oh, geo["moving_affine"], ddf, geo["fixed_affine"])
@@ -331,7 +331,7 @@ class SaveRegistrationOutputsd(Transform):
                 write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz")
             )
         if self.inverse_to_ddf is not None:
-            written.update(self._write_inverse(item, out, geo, paths, metrics, fixed))
+            written.update(self._write_inverse(item, out, geo, paths, metrics, moving, fixed))
         qc_map = None
         if self.extra_outputs is not None:
             for name, arr in self.extra_outputs(item, ddf_net).items():
@@ -363,7 +363,7 @@ class SaveRegistrationOutputsd(Transform):
             tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
         item["registration"] = {"name": final_out.name, "out_dir": str(final_out), **metrics}
 
-    def _write_inverse(self, item, out, geo, paths, metrics, fixed) -> dict[str, str]:
+    def _write_inverse(self, item, out, geo, paths, metrics, moving_arr, fixed) -> dict[str, str]:
         """Inverse outputs on the moving image's grid (see ``inverse_to_ddf``); updates ``metrics``."""
         from common.io.itk_field import write_itk_displacement
         from common.metrics import dice_per_label, percent_folding, sdlogj
@@ -373,7 +373,6 @@ class SaveRegistrationOutputsd(Transform):
         net_shape = tuple(item["fixed_image"].shape[1:])
         dims = len(net_shape)
         moving_aff = _as4(geo["moving_affine"])
-        moving_arr, _ = read_nifti(paths["moving_image"], ndim=dims)
         with torch.no_grad():
             inv_net = self.inverse_to_ddf(pred[None].float(), net_shape)
             inv = ddf_to_fixed_grid(inv_net, geo["net_affine"], geo["moving_affine"], moving_arr.shape)

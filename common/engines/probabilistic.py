@@ -198,11 +198,10 @@ class InstanceOptimisationInferer(Inferer):
 
     def optimise(self, pred: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Optimise ``pred`` (detached copy) for one pair; returns the optimised ``[mu, log_var]``."""
-        start = time.perf_counter()
-        self.history = []
+        self.history, self.seconds = [], 0.0
         if self.iterations == 0:
-            self.seconds = 0.0
             return pred
+        start = time.perf_counter()
         params = pred.detach().clone().requires_grad_(True)
         optimiser = torch.optim.Adam([params], lr=self.lr)
         targets = {"moving_image": moving.detach(), "fixed_image": fixed.detach()}
@@ -226,11 +225,7 @@ class InstanceOptimisationInferer(Inferer):
         return params.detach()
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        pred = network(inputs, *args, **kwargs)
-        if self.iterations == 0:
-            return pred
-        moving, fixed = inputs[:, :1], inputs[:, 1:2]
-        return self.optimise(pred, moving, fixed)
+        return self.optimise(network(inputs, *args, **kwargs), inputs[:, :1], inputs[:, 1:2])
 
 
 class PosteriorUncertainty:

@@ -1,13 +1,15 @@
-"""Plain-text reports of the scripts: mean ± sd cells and Markdown tables."""
+"""Plain-text reports of the scripts: mean ± sd cells, Markdown tables and the written report file."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["mean_sd", "markdown_table"]
+__all__ = ["mean_sd", "markdown_table", "write_report"]
 
 
 def mean_sd(values: Iterable[Any], digits: int = 4) -> str:
@@ -29,3 +31,16 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+
+
+def write_report(path: str | os.PathLike, parts: Sequence[str]) -> str:
+    """Join ``parts`` with newlines, write them atomically to ``path`` (folders created), print; return the path."""
+    from common.io.nifti import atomic_path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(parts) + "\n"
+    with atomic_path(p) as tmp:
+        tmp.write_text(text)
+    print(text)
+    return str(p)

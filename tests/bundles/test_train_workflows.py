@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.engines.bundle import bundle_workflow
+from common.engines.bundle import bundle_workflow, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAIN_TRAIN_BUNDLES = [ROOT / "bundles" / "brain_mri_hybrid_loss", ROOT / "bundles" / "brain_mri_prob_diffeo"]
@@ -77,6 +77,13 @@ def _train(bundle: Path, datalist: Path, out: Path, max_epochs: int):
     return wf
 
 
+def _evaluate(bundle: Path, datalist: Path, out: Path, **overrides) -> list[dict[str, str]]:
+    """Run ``train.json`` + ``evaluate.json`` on the datalist's test section; the rows of its metric CSV."""
+    run_bundle(bundle, ["train", "evaluate"], "eval", datalist=str(datalist), output_dir=str(out), device="cpu",
+               **overrides)  # fmt: skip
+    return list(csv.DictReader(open(out / "evaluation_test.csv")))
+
+
 @pytest.mark.parametrize("bundle", BRAIN_TRAIN_BUNDLES, ids=lambda p: p.name)
 def test_train_validate_checkpoint_and_resume(bundle, tmp_path):
     datalist = make_tiny_brain_dataset(tmp_path)
@@ -107,23 +114,10 @@ def test_train_validate_checkpoint_and_resume(bundle, tmp_path):
 @pytest.mark.parametrize("bundle", BRAIN_TRAIN_BUNDLES, ids=lambda p: p.name)
 def test_evaluate_config_scores_a_checkpoint(bundle, tmp_path):
     datalist = make_tiny_brain_dataset(tmp_path)
-    wf = bundle_workflow(
-        bundle,
-        ["train", "evaluate"],
-        "eval",
-        datalist=str(datalist),
-        output_dir=str(tmp_path / "eval"),
-        device="cpu",
-        channels=8,
-    )
-    wf.initialize()
-    net = wf.parser.get_parsed_content("network_def")
+    net = bundle_workflow(bundle, "train", "train", channels=8).parser.get_parsed_content("network_def")
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
-    wf.parser["ckpt_path"] = str(ckpt)
-    wf.initialize()
-    wf.run()
-    rows = list(csv.DictReader(open(tmp_path / "eval" / "evaluation_test.csv")))
+    rows = _evaluate(bundle, datalist, tmp_path / "eval", channels=8, ckpt_path=str(ckpt))
     assert len(rows) == 1 and 0.0 < float(rows[0]["val_mean_dice"]) <= 1.0
 
 
@@ -161,15 +155,5 @@ def test_cardiac_evaluate_config_scores_the_shipped_weights(tmp_path):
     bundle = ROOT / "bundles" / "cardiac_cine_ngf_bspline"
     folder = prepare_phantom_dataset(tmp_path / "card", n_train=1, n_val=1, n_test=2, seed=0, progress=False)
     datalist = Path(folder) / "datalist.json" if Path(folder).is_dir() else Path(folder)
-    wf = bundle_workflow(
-        bundle,
-        ["train", "evaluate"],
-        "eval",
-        datalist=str(datalist),
-        output_dir=str(tmp_path / "eval"),
-        device="cpu",
-    )
-    wf.initialize()
-    wf.run()
-    rows = list(csv.DictReader(open(tmp_path / "eval" / "evaluation_test.csv")))
+    rows = _evaluate(bundle, datalist, tmp_path / "eval")
     assert len(rows) == 1 and float(rows[0]["val_mean_dice"]) > 0.85  # shipped weights on 4 held-out phantom pairs
