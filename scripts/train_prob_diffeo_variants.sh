@@ -2,6 +2,7 @@
 # Train the Dalca et al. 2018 ablation variants of bundles/brain_mri_prob_diffeo (resumable: rerun to continue).
 # Usage: scripts/train_prob_diffeo_variants.sh VARIANT [VARIANT ...]   (full | diag | unidir | seg)
 # Each variant trains from scratch with the same seed, data and schedule; runs go to $RUNS/<variant>.
+# MAX_EPOCHS=N (epochs of 50 iterations) overrides the config's schedule, also when resuming.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/prob_diffeo}"
@@ -17,5 +18,5 @@ for variant in "$@"; do
   esac
   mkdir -p "$RUNS/$variant"
   "$PY" -m monai.bundle run --config_file configs/train.json --logging_file configs/logging.conf \
-    --output_dir "$RUNS/$variant" "${extra[@]}" >>"$RUNS/$variant/train.log" 2>&1
+    --output_dir "$RUNS/$variant" ${MAX_EPOCHS:+--max_epochs "$MAX_EPOCHS"} "${extra[@]}" >>"$RUNS/$variant/train.log" 2>&1
 done
