@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.networks.bspline_net import SharedStreamBSplineNet
+from common.networks.joint_affine import JointAffineDeformNet
 from common.networks.voxelmorph import FlowHead, ProbabilisticRegUNet, RegUNet
 
-__all__ = ["FlowHead", "ProbabilisticRegUNet", "RegUNet", "SharedStreamBSplineNet"]
+__all__ = ["FlowHead", "ProbabilisticRegUNet", "RegUNet", "SharedStreamBSplineNet", "JointAffineDeformNet"]

@@ -1,0 +1,168 @@
+"""Zhu et al. 2020's joint affine and deformable registration as pieces for MONAI engines.
+
+:class:`common.networks.JointAffineDeformNet` returns ``pred = [total, affine, deformable]`` (``3 D``
+channels, displacements in voxels of the input grid, pull-back; see its module docstring).
+
+* :func:`split_joint` splits ``pred`` into the three fields;
+* :class:`JointToDDF` hands one of them (default: the total) to the inference and evaluation engines, so
+  :class:`~common.engines.SaveRegistrationOutputsd` and :class:`~common.engines.RegistrationEvalPostprocess`
+  work unchanged;
+* :class:`JointAffineDeformLoss` is the paper's training loss::
+
+      total = w_aff * (1 - NCC(A, F))                    global NCC of the affine result (eq. 1)
+            + w_sim * (1 - LNCC^2(M o total, F))         local NCC in a 9^3 window (eq. 2)
+            + w_anat * (1 - Dice(S_M o total, S_F))      when both label maps are given
+            + lambda * mean |grad u|^2                   diffusion regulariser of the deformable field
+
+  with ``A = M o affine``. The warped moving image of the similarity term is ``M`` resampled ONCE with the
+  composed field (what inference outputs) rather than ``A`` resampled again by ``u``; the two agree up to
+  interpolation (tests/networks/test_joint_affine.py) and gradients reach both fields either way.
+
+References:
+    Zhu Z., et al. "Joint affine and deformable three-dimensional networks for brain MRI registration."
+    Medical Physics 48(3):1182-1196, 2021 (arXiv 2020).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from common.blocks import one_hot, resize_flow, warp
+from common.engines.registration import PredToDDF
+from common.losses.image import GlobalNCCLoss, LocalNCCLoss
+from common.losses.labels import SoftDiceLoss
+from common.losses.regularisers import GradientRegulariser
+
+__all__ = ["split_joint", "JointToDDF", "JointAffineDeformLoss"]
+
+_COMPONENTS = ("total", "affine", "deformable")
+
+
+def split_joint(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pred (B, 3D, *S)`` -> ``(total, affine, deformable)``, each ``(B, D, *S)`` in voxels (pull-back).
+
+    Raises:
+        ValueError: ``pred`` is not a ``(B, 3 D, *S)`` tensor with ``D`` in (2, 3).
+    """
+    if not isinstance(pred, torch.Tensor):
+        raise TypeError(f"split_joint: `pred` must be a torch.Tensor, got {type(pred).__name__}.")
+    dims = pred.ndim - 2
+    if dims not in (2, 3) or pred.shape[1] != 3 * dims:
+        raise ValueError(
+            f"split_joint: expected (B, {3 * dims if dims in (2, 3) else '3D'}, *S) = [total, affine, deformable] "
+            f"displacements with 2 or 3 spatial dims, got shape {tuple(pred.shape)}."
+        )
+    return pred[:, :dims], pred[:, dims : 2 * dims], pred[:, 2 * dims :]
+
+
+class JointToDDF(PredToDDF):
+    """One field of a :class:`~common.networks.JointAffineDeformNet` prediction as a displacement.
+
+    Args:
+        component: ``"total"`` (affine then deformable; what registration outputs), ``"affine"`` or
+            ``"deformable"``.
+
+    Forward: ``pred (B, 3D, *S)`` and ``size`` -> ``(B, D, *size)`` in voxels of ``size`` (resized with
+    rescaled vectors when ``size != S``).
+    """
+
+    def __init__(self, component: str = "total") -> None:
+        super().__init__()
+        if component not in _COMPONENTS:
+            raise ValueError(f"JointToDDF: component must be one of {_COMPONENTS}, got {component!r}.")
+        self.index = _COMPONENTS.index(component)
+
+    def forward(self, pred: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        field = split_joint(pred)[self.index]
+        if tuple(field.shape[2:]) == tuple(int(s) for s in size):
+            return field
+        return resize_flow(field, size)
+
+
+class JointAffineDeformLoss(nn.Module):
+    """The training loss of Zhu et al. 2020 (module docstring), called as ``loss(pred, targets)``.
+
+    ``pred`` is the network output ``(B, 3D, *S)``; ``targets`` holds ``moving_image`` and ``fixed_image``
+    ``(B, C, *S)`` and optionally ``moving_label`` / ``fixed_label`` (integer maps ``(B, 1, *S)``, classes
+    ``0..K-1``). Every term is minimised; a term whose weight is 0 is not computed. The last values are kept in
+    :attr:`last_terms` (floats): ``affine_ncc`` (``1 - NCC``, in ``[0, 2]``), ``local_ncc`` (``1 - LNCC^2``, in
+    ``[0, 1]``), ``dice`` (``1 - mean foreground soft Dice``, in ``[0, 1]``; only when computed), ``smooth``
+    (voxels^2 per voxel^2) and ``total`` (the weighted sum).
+
+    Args:
+        affine_weight: weight of the global NCC between the affinely warped moving image and the fixed one.
+        sim_weight: weight of the local NCC between the finally warped moving image and the fixed one.
+        anat_weight: weight of the Dice loss of the warped moving labels (background excluded).
+        smooth_weight: ``lambda``, weight of the diffusion regulariser of the deformable field ``u`` (voxels).
+        lncc_kernel: odd window width of the local NCC in voxels (the paper: 9).
+        num_classes: label classes K (labels ``0..K-1``); default: inferred per batch from the max label.
+    """
+
+    def __init__(
+        self,
+        affine_weight: float = 1.0,
+        sim_weight: float = 1.0,
+        anat_weight: float = 1.0,
+        smooth_weight: float = 1.0,
+        lncc_kernel: int = 9,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        weights = {"affine_weight": affine_weight, "sim_weight": sim_weight, "anat_weight": anat_weight,
+                   "smooth_weight": smooth_weight}  # fmt: skip
+        for key, value in weights.items():
+            if not math.isfinite(float(value)) or float(value) < 0:
+                raise ValueError(f"{name}: `{key}` must be a finite number >= 0, got {value}.")
+        if not any(float(v) > 0 for v in weights.values()):
+            raise ValueError(f"{name}: every weight is 0; nothing to minimise.")
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"{name}: num_classes must be >= 2 (background + labels), got {num_classes}.")
+        self.affine_weight, self.sim_weight = float(affine_weight), float(sim_weight)
+        self.anat_weight, self.smooth_weight = float(anat_weight), float(smooth_weight)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.global_ncc = GlobalNCCLoss()
+        self.local_ncc = LocalNCCLoss(kernel_size=lncc_kernel)
+        self.dice = SoftDiceLoss(include_background=False)
+        self.regulariser = GradientRegulariser(penalty="l2")
+        self.last_terms: dict[str, float] = {}
+
+    def forward(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        name = type(self).__name__
+        total_ddf, affine_ddf, u = split_joint(pred)
+        for key in ("moving_image", "fixed_image"):
+            if key not in targets:
+                raise KeyError(f"{name}: `targets` has no `{key}` (keys: {sorted(targets)}).")
+        moving, fixed = targets["moving_image"].float(), targets["fixed_image"].float()
+        if tuple(fixed.shape[2:]) != tuple(pred.shape[2:]) or moving.shape != fixed.shape:
+            raise ValueError(
+                f"{name}: `pred` {tuple(pred.shape)}, `moving_image` {tuple(moving.shape)} and `fixed_image` "
+                f"{tuple(fixed.shape)} must share one spatial grid."
+            )
+        total = pred.new_zeros(())
+        terms: dict[str, float] = {}
+        if self.affine_weight > 0:
+            value = self.global_ncc(warp(moving, affine_ddf), fixed)
+            terms["affine_ncc"] = float(value.detach())
+            total = total + self.affine_weight * value
+        if self.sim_weight > 0:
+            value = self.local_ncc(warp(moving, total_ddf), fixed)
+            terms["local_ncc"] = float(value.detach())
+            total = total + self.sim_weight * value
+        if self.anat_weight > 0 and "moving_label" in targets and "fixed_label" in targets:
+            ml, fl = targets["moving_label"], targets["fixed_label"]
+            k = self.num_classes or max(2, int(max(ml.max().item(), fl.max().item())) + 1)
+            value = self.dice(warp(one_hot(ml, k, dtype=pred.dtype), total_ddf), one_hot(fl, k, dtype=pred.dtype))
+            terms["dice"] = float(value.detach())
+            total = total + self.anat_weight * value
+        if self.smooth_weight > 0:
+            value = self.regulariser(u)
+            terms["smooth"] = float(value.detach())
+            total = total + self.smooth_weight * value
+        terms["total"] = float(total.detach())
+        self.last_terms = terms
+        return total
