@@ -7,7 +7,7 @@ grid); ``full`` is also run with 50 and 200 instance-optimisation iterations.
 
 Usage::
 
-    python scripts/prob_diffeo_study.py --runs ~/.cache/monai-reg-zoo/runs/prob_diffeo \
+    python scripts/prob_diffeo_study.py --runs ~/.cache/monai-reg-zoo/runs/prob_diffeo_v2 \
         --datalist data/prepared/brain/datalist_2mm.json --out outputs/prob_diffeo_study
 """
 
@@ -42,7 +42,7 @@ def _cell(rows: list[dict[str, float]], key: str, digits: int = 3) -> str:
 
 
 def main(
-    runs: str = str(Path.home() / ".cache" / "monai-reg-zoo" / "runs" / "prob_diffeo"),
+    runs: str = str(Path.home() / ".cache" / "monai-reg-zoo" / "runs" / "prob_diffeo_v2"),
     datalist: str = "data/prepared/brain/datalist_2mm.json",
     section: str = "test",
     out: str = "outputs/prob_diffeo_study",

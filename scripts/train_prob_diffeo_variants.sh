@@ -5,7 +5,7 @@
 # MAX_EPOCHS=N (epochs of 50 iterations) overrides the config's schedule, also when resuming.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/prob_diffeo}"
+RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/prob_diffeo_v2}"
 PY="${PY:-$ROOT/.venv/bin/python}"
 cd "$ROOT/bundles/brain_mri_prob_diffeo"
 for variant in "$@"; do
