@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from common.blocks import one_hot, resize_flow, warp
-from common.engines.registration import PredToDDF
+from common.blocks import resize_flow
+from common.engines.registration import PredToDDF, RegistrationLoss
 from common.losses.image import GlobalNCCLoss, LocalNCCLoss
 from common.losses.labels import SoftDiceLoss
 from common.losses.regularisers import GradientRegulariser
@@ -40,6 +40,7 @@ from common.losses.regularisers import GradientRegulariser
 __all__ = ["split_joint", "JointToDDF", "JointAffineDeformLoss"]
 
 _COMPONENTS = ("total", "affine", "deformable")
+_TERM_NAMES = {"GlobalNCCLoss": "affine_ncc", "LocalNCCLoss": "local_ncc", "SoftDiceLoss": "dice"}
 
 
 def split_joint(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -125,19 +126,29 @@ class JointAffineDeformLoss(nn.Module):
         self.affine_weight, self.sim_weight = float(affine_weight), float(sim_weight)
         self.anat_weight, self.smooth_weight = float(anat_weight), float(smooth_weight)
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.global_ncc = GlobalNCCLoss()
-        self.local_ncc = LocalNCCLoss(kernel_size=lncc_kernel)
-        self.dice = SoftDiceLoss(include_background=False)
+        # The image and label terms are two RegistrationLoss instances (the shared warp / one-hot / term
+        # mechanism), one on the affine field and one on the total field; the regulariser acts on u directly.
+        self.affine_term = (
+            RegistrationLoss([GlobalNCCLoss()], [self.affine_weight], pred_to_ddf=JointToDDF("affine"))
+            if self.affine_weight > 0 else None
+        )  # fmt: skip
+        sim = [LocalNCCLoss(kernel_size=lncc_kernel)] if self.sim_weight > 0 else []
+        anat = [SoftDiceLoss(include_background=False)] if self.anat_weight > 0 else []
+        self.final_term = (
+            RegistrationLoss(sim, [self.sim_weight] * len(sim), anat, [self.anat_weight] * len(anat),
+                             pred_to_ddf=JointToDDF("total"), num_classes=self.num_classes)
+            if sim or anat else None
+        )  # fmt: skip
         self.regulariser = GradientRegulariser(penalty="l2")
         self.last_terms: dict[str, float] = {}
 
     def forward(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         name = type(self).__name__
-        total_ddf, affine_ddf, u = split_joint(pred)
+        u = split_joint(pred)[2]
         for key in ("moving_image", "fixed_image"):
             if key not in targets:
                 raise KeyError(f"{name}: `targets` has no `{key}` (keys: {sorted(targets)}).")
-        moving, fixed = targets["moving_image"].float(), targets["fixed_image"].float()
+        moving, fixed = targets["moving_image"], targets["fixed_image"]
         if tuple(fixed.shape[2:]) != tuple(pred.shape[2:]) or moving.shape != fixed.shape:
             raise ValueError(
                 f"{name}: `pred` {tuple(pred.shape)}, `moving_image` {tuple(moving.shape)} and `fixed_image` "
@@ -145,20 +156,11 @@ class JointAffineDeformLoss(nn.Module):
             )
         total = pred.new_zeros(())
         terms: dict[str, float] = {}
-        if self.affine_weight > 0:
-            value = self.global_ncc(warp(moving, affine_ddf), fixed)
-            terms["affine_ncc"] = float(value.detach())
-            total = total + self.affine_weight * value
-        if self.sim_weight > 0:
-            value = self.local_ncc(warp(moving, total_ddf), fixed)
-            terms["local_ncc"] = float(value.detach())
-            total = total + self.sim_weight * value
-        if self.anat_weight > 0 and "moving_label" in targets and "fixed_label" in targets:
-            ml, fl = targets["moving_label"], targets["fixed_label"]
-            k = self.num_classes or max(2, int(max(ml.max().item(), fl.max().item())) + 1)
-            value = self.dice(warp(one_hot(ml, k, dtype=pred.dtype), total_ddf), one_hot(fl, k, dtype=pred.dtype))
-            terms["dice"] = float(value.detach())
-            total = total + self.anat_weight * value
+        for part in (self.affine_term, self.final_term):
+            if part is None:
+                continue
+            total = total + part(pred, targets)
+            terms.update({_TERM_NAMES[k]: v for k, v in part.last_terms.items() if k != "total"})
         if self.smooth_weight > 0:
             value = self.regulariser(u)
             terms["smooth"] = float(value.detach())
