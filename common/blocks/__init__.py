@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.blocks.affine import AffineTransform, affine_to_ddf, identity_affine
+from common.blocks.affine import AffineTransform, affine_to_ddf, ddf_to_affine, identity_affine
 from common.blocks.bspline import BSplineTransformer, control_grid_shape
 from common.blocks.compose import compose_ddf
 from common.blocks.integrate import VelocityIntegrator, integrate_velocity
@@ -20,6 +20,7 @@ __all__ = [
     "affine_to_ddf",
     "compose_ddf",
     "control_grid_shape",
+    "ddf_to_affine",
     "identity_affine",
     "integrate_velocity",
     "jacobian_determinant",

@@ -10,7 +10,7 @@ from torch import nn
 from common.blocks.warp import warp
 from common.conventions import identity_grid
 
-__all__ = ["identity_affine", "affine_to_ddf", "AffineTransform"]
+__all__ = ["identity_affine", "affine_to_ddf", "ddf_to_affine", "AffineTransform"]
 
 
 def identity_affine(batch: int, dims: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
@@ -53,6 +53,32 @@ def affine_to_ddf(matrix: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     a = matrix[:, :, :dims] - torch.eye(dims, dtype=matrix.dtype, device=matrix.device)
     disp = a @ x + matrix[:, :, dims:]  # (B, D, N)
     return disp.view(matrix.shape[0], dims, *[int(n) for n in shape])
+
+
+def ddf_to_affine(ddf: torch.Tensor) -> torch.Tensor:
+    """The ``(B, D, D + 1)`` matrix whose :func:`affine_to_ddf` best fits ``ddf`` (least squares; exact for an
+    affine field up to float rounding).
+
+    Used to export the affine part of a network that outputs it as a dense field (Zhu et al. 2020) as an ITK
+    affine transform. Raises ValueError for a tensor that is not ``(B, D, *S)`` with ``D`` in (2, 3) or holds
+    NaN/Inf.
+    """
+    if not isinstance(ddf, torch.Tensor) or ddf.ndim not in (4, 5) or ddf.shape[1] != ddf.ndim - 2:
+        shape = tuple(ddf.shape) if isinstance(ddf, torch.Tensor) else type(ddf).__name__
+        raise ValueError(f"ddf_to_affine: `ddf` must be (B, D, *S) with D = 2 or 3 spatial dims, got {shape}.")
+    if not torch.isfinite(ddf).all():
+        raise ValueError("ddf_to_affine: `ddf` contains NaN or Inf values.")
+    dims, shape = ddf.shape[1], ddf.shape[2:]
+    x = ddf.double()
+    grid = identity_grid(shape, device=x.device, dtype=x.dtype)
+    centre = torch.tensor([(int(n) - 1) / 2.0 for n in shape], dtype=x.dtype, device=x.device)
+    coords = (grid - centre.view(1, dims, *([1] * dims))).flatten(2)[0].T  # (N, D)
+    design = torch.cat([coords, torch.ones_like(coords[:, :1])], dim=1)  # (N, D + 1)
+    target = x.flatten(2).transpose(1, 2)  # (B, N, D)
+    sol = torch.linalg.lstsq(design.expand(x.shape[0], -1, -1), target).solution  # (B, D + 1, D)
+    matrix = sol.transpose(1, 2).clone()  # (B, D, D + 1): [A - I | t]
+    matrix[:, :, :dims] += torch.eye(dims, dtype=x.dtype, device=x.device)
+    return matrix.to(ddf.dtype)
 
 
 class AffineTransform(nn.Module):

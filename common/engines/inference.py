@@ -211,6 +211,10 @@ class SaveRegistrationOutputsd(Transform):
         extra_outputs: callable ``(item, ddf_net) -> dict[name, (array (C or 1, *S_net))]`` for method-specific
             maps (e.g. an uncertainty map); they are resampled to the fixed grid and written as NIfTI.
         qc_extra: name of the extra output shown as the last column of the QC figure.
+        extra_files: callable ``(item, out_dir, geometry) -> dict[name, path]`` that writes method-specific files
+            (e.g. an ITK affine transform) into ``out_dir`` (the pair's folder, still being written: a failure
+            leaves no half-written outputs); ``geometry`` holds ``net_affine``, ``fixed_affine``,
+            ``moving_affine`` and ``fixed_shape`` as numpy arrays.
         inverse_to_ddf: for methods with an inverse transform (e.g. ``SVFToDDF(inverse=True)``): turns ``pred``
             into the inverse displacement on the network grid. Then also written, on the MOVING image's grid:
             ``inverse_displacement_itk.nii.gz`` (pulls the fixed image onto the moving one), ``warped_fixed.nii.gz``
@@ -228,6 +232,7 @@ class SaveRegistrationOutputsd(Transform):
         extra_outputs: Any = None,
         qc_extra: str | None = None,
         inverse_to_ddf: PredToDDF | None = None,
+        extra_files: Any = None,
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
         self.output_dir = Path(output_dir)
@@ -238,6 +243,7 @@ class SaveRegistrationOutputsd(Transform):
             write_qc,
         )
         self.extra_outputs, self.qc_extra, self.inverse_to_ddf = extra_outputs, qc_extra, inverse_to_ddf
+        self.extra_files = extra_files
         self._written: set[str] = set()
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -340,6 +346,8 @@ class SaveRegistrationOutputsd(Transform):
                 written[name] = str(write_nifti(res[0].numpy(), geo["fixed_affine"], out / f"{name}.nii.gz"))
                 if name == self.qc_extra:
                     qc_map = res[0].numpy()
+        if self.extra_files is not None:
+            written.update({k: str(v) for k, v in self.extra_files(item, out, geo).items()})
         metrics["seconds_postprocess"] = time.perf_counter() - start
         if "t_start" in item:
             # reading + resampling + network + mapping back + writing every output, for this pair

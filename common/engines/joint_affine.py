@@ -31,13 +31,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from common.blocks import resize_flow
+from common.blocks import ddf_to_affine, resize_flow
 from common.engines.registration import PredToDDF, RegistrationLoss
 from common.losses.image import GlobalNCCLoss, LocalNCCLoss
 from common.losses.labels import SoftDiceLoss
 from common.losses.regularisers import GradientRegulariser
 
-__all__ = ["split_joint", "JointToDDF", "JointAffineDeformLoss"]
+__all__ = ["split_joint", "JointToDDF", "JointAffineDeformLoss", "AffineTransformFile"]
 
 _COMPONENTS = ("total", "affine", "deformable")
 _TERM_NAMES = {"GlobalNCCLoss": "affine_ncc", "LocalNCCLoss": "local_ncc", "SoftDiceLoss": "dice"}
@@ -168,3 +168,30 @@ class JointAffineDeformLoss(nn.Module):
         terms["total"] = float(total.detach())
         self.last_terms = terms
         return total
+
+
+class AffineTransformFile:
+    """``extra_files`` hook of :class:`~common.engines.SaveRegistrationOutputsd`: the affine part alone as an ITK
+    affine transform file (``affine.tfm``, loads in 3D Slicer and ``itk.transformread``).
+
+    The matrix is fitted to the affine field of ``pred`` (:func:`common.blocks.ddf_to_affine`, exact up to float
+    rounding) on the network grid; both images were resampled onto that grid in world coordinates, so the file
+    maps fixed physical points to moving physical points of the original images (ITK resampling convention).
+    """
+
+    def __init__(self, filename: str = "affine.tfm") -> None:
+        self.filename = filename
+
+    def __call__(self, item: dict, out_dir, geometry: dict) -> dict[str, str]:
+        from pathlib import Path
+
+        from common.io.itk_field import write_itk_affine
+
+        pred = item["pred"]
+        pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
+        with torch.no_grad():
+            matrix = ddf_to_affine(split_joint(pred[None].float().cpu())[1])[0]
+        shape = tuple(int(n) for n in pred.shape[1:])
+        path = write_itk_affine(matrix.numpy(), geometry["net_affine"], geometry["net_affine"],
+                                Path(out_dir) / self.filename, shape=shape)  # fmt: skip
+        return {"affine_itk": str(path)}
