@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common.data.datalist import load_datalist  # noqa: E402
-from common.engines.baselines import classic_bspline, itk_affine  # noqa: E402
+from common.engines.baselines import ants_affine, classic_bspline, itk_affine  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
 from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
 from common.metrics import dice_per_label, evaluate_registration  # noqa: E402
@@ -105,10 +105,11 @@ def _metrics(ddf: np.ndarray, warped: np.ndarray, fixed: np.ndarray, moving: np.
 
 
 def evaluate_pair(
-    pair: dict[str, str], bundle_dir: Path | None, affine: bool, classic: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Metrics of zero displacement, affine-only (ITK, 3D), a classic iterative B-spline registration (optional)
-    and the bundle's outputs for one pair."""
+    pair: dict[str, str], bundle_dir: Path | None, affine: bool, classic: dict[str, Any] | None = None,
+    ants: bool = False,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Metrics of zero displacement, affine-only (ITK, 3D; optionally also ANTs), a classic iterative B-spline
+    registration (optional) and the bundle's outputs for one pair."""
     fixed_lab, f_aff = read_nifti(pair["fixed_label"], dtype=np.int32)
     moving_lab, m_aff = read_nifti(pair["moving_label"], dtype=np.int32)
     dims = fixed_lab.ndim
@@ -121,6 +122,10 @@ def evaluate_pair(
     if affine:
         r = itk_affine(pair)
         results["affine"] = {**_metrics(r.ddf, r.warped_labels, fixed_lab, moving_lab, spacing), "seconds": r.seconds}
+    if ants and dims == 3:
+        r = ants_affine(pair)
+        results["ants_affine"] = {**_metrics(r.ddf, r.warped_labels, fixed_lab, moving_lab, spacing),
+                                  "seconds": r.seconds}  # fmt: skip
     if classic:
         r = classic_bspline(pair, **classic)
         results["classic"] = {**_metrics(r.ddf, r.warped_labels, fixed_lab, moving_lab, spacing), "seconds": r.seconds}
@@ -143,6 +148,20 @@ def evaluate_pair(
     return results
 
 
+def method_rows(summary: str | Path, method: str) -> list[dict[str, float]]:
+    """The numeric per-pair rows of ``method`` from the ``results.csv`` next to a ``summary.md`` of :func:`main`."""
+    with open(Path(summary).parent / "results.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["method"] == method]
+    return [{k: float(v) for k, v in r.items() if k not in ("pair", "method", "dice_per_label") and v not in ("", None)}
+            for r in rows]  # fmt: skip
+
+
+def summary_cell(rows: list[dict[str, float]], key: str, digits: int = 3) -> str:
+    """``mean ± sd`` of ``key`` over ``rows``, or "not measured" when no row has it."""
+    values = [r[key] for r in rows if key in r]
+    return mean_sd(values, digits) if values else "not measured"
+
+
 def main(
     bundle: str = "brain_mri_hybrid_loss",
     datalist: str = "data/prepared/brain/datalist_1mm.json",
@@ -158,6 +177,7 @@ def main(
     limit: int | None = None,
     channels: int | None = None,
     overrides: dict[str, Any] | None = None,
+    ants_affine: bool = False,
 ) -> str:
     """Evaluate ``bundle`` (and the zero/affine baselines) on ``section`` of ``datalist``; write CSV + Markdown.
 
@@ -175,6 +195,7 @@ def main(
         limit: evaluate only the first ``limit`` pairs of the section.
         channels: network width override (ablation checkpoints).
         overrides: other inference.json values, e.g. ``--overrides '{"instance_iterations": 50}'``.
+        ants_affine: also run the ANTs affine baseline (3D; needs antspyx, the ``peers`` extra).
     """
     bundle_path = ROOT / "bundles" / bundle
     out_dir = (Path(out) / bundle).resolve()  # the bundle runs with its own folder as working directory
@@ -197,7 +218,7 @@ def main(
         run_info = run_bundle(bundle_path, used, section, out_dir / "outputs", ckpt, device, channels, overrides)
     rows = []
     for pair in tqdm(pairs, desc="metrics", unit="pair"):
-        res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine, classic)
+        res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine, classic, ants_affine)
         for method, m in res.items():
             rows.append({"pair": pair.get("id", _stem(pair["moving_image"])), "method": method,
                          **{k: m.get(k) for k in SUMMARY_KEYS},

@@ -293,8 +293,10 @@ def brain_misaligned(out_dir: str = str(DEFAULT_OUT), rotation: float = 15.0, tr
         f"{rotation:g} deg, {translation:g} mm, {100 * scale:g} % per axis). " + datalist["description"]
     )
     write_json(datalist, folder / "datalist_misaligned_2mm.json")
-    return {"datalist": str(folder / "datalist_misaligned_2mm.json"),
-            "kept": {s: [e["misalignment"]["brain_kept_fraction"] for e in datalist[s]] for s in ("validation", "test")}}
+    return {
+        "datalist": str(folder / "datalist_misaligned_2mm.json"),
+        "kept": {s: [e["misalignment"]["brain_kept_fraction"] for e in datalist[s]] for s in ("validation", "test")},
+    }
 
 
 def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None,
@@ -376,7 +378,13 @@ def cardiac(
     return str(prepare_phantom_dataset(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed))
 
 
-COMMANDS = {"template": template, "brain": brain, "brain_misaligned": brain_misaligned, "oasis_real": oasis_real, "cardiac": cardiac}
+COMMANDS = {
+    "template": template,
+    "brain": brain,
+    "brain_misaligned": brain_misaligned,
+    "oasis_real": oasis_real,
+    "cardiac": cardiac,
+}
 
 if __name__ == "__main__":
     from common.__main__ import guarded

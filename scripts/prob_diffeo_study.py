@@ -13,7 +13,6 @@ Usage::
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -24,21 +23,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
+from evaluate_bundle import method_rows as _rows  # noqa: E402
+from evaluate_bundle import summary_cell as _cell  # noqa: E402
+
+from common.io.report import markdown_table, write_report  # noqa: E402
 
 BUNDLE = "brain_mri_prob_diffeo"
-
-
-def _rows(summary: str, method: str) -> list[dict[str, float]]:
-    with open(Path(summary).parent / "results.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["method"] == method]
-    return [{k: float(v) for k, v in r.items() if k not in ("pair", "method", "dice_per_label") and v not in ("", None)}
-            for r in rows]  # fmt: skip
-
-
-def _cell(rows: list[dict[str, float]], key: str, digits: int = 3) -> str:
-    values = [r[key] for r in rows if key in r]
-    return mean_sd(values, digits) if values else "not measured"
 
 
 def main(

@@ -31,6 +31,7 @@ __all__ = [
     "itk_affine",
     "classic_bspline",
     "ants_syn",
+    "ants_affine",
     "elastix_bspline",
     "peer_available",
 ]
@@ -172,6 +173,45 @@ def ants_syn(pair: dict[str, str], preset: str = "lumir", threads: int | None = 
     warped_arr = np.rint(warped.numpy()).astype(np.int32)
     if warped_arr.shape != fixed_lab.shape:
         raise RuntimeError(f"ants_syn: warped labels {warped_arr.shape} != fixed grid {fixed_lab.shape}.")
+    return BaselineResult(ddf.astype(np.float32), warped_arr, seconds)
+
+
+def ants_affine(pair: dict[str, str], threads: int | None = None) -> BaselineResult:
+    """ANTs affine registration through ``antspyx`` (``type_of_transform="Affine"``: Mattes MI, multi-resolution,
+    12 parameters), 3D, moving and fixed images on one grid; ``seconds`` is the registration call alone."""
+    try:
+        import ants
+    except ImportError as exc:
+        raise PeerMissing("ants_affine: antspyx is not installed (pip install -e .[peers]).") from exc
+    from common.engines.geometry import world_map_ddf
+
+    if threads:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
+    fixed_lab, f_aff, _, _ = _labels_on_grid(pair)
+    fixed = ants.image_read(str(pair["fixed_image"]))
+    moving = ants.image_read(str(pair["moving_image"]))
+    moving_lab = ants.image_read(str(pair["moving_label"]))
+    with tempfile.TemporaryDirectory(prefix="ants_") as tmp:
+        t0 = time.perf_counter()
+        reg = ants.registration(fixed, moving, type_of_transform="Affine", outprefix=str(Path(tmp) / "reg_"),
+                                random_seed=1)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        mats = [t for t in reg["fwdtransforms"] if t.endswith(".mat")]
+        if len(mats) != 1:
+            raise RuntimeError(f"ants_affine: expected one affine file, got {reg['fwdtransforms']}.")
+        tr = ants.read_transform(mats[0])
+        warped = ants.apply_transforms(fixed, moving_lab, reg["fwdtransforms"], interpolator="genericLabel")
+    # ITK/ANTs affine (LPS mm, fixed point -> moving point): y = A (x - c) + c + t
+    params = np.asarray(tr.parameters, dtype=np.float64)
+    centre = np.asarray(tr.fixed_parameters, dtype=np.float64)
+    a, t = params[:9].reshape(3, 3), params[9:12]
+    lps = np.eye(4)
+    lps[:3, :3], lps[:3, 3] = a, t + centre - a @ centre
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    ddf = world_map_ddf(flip @ lps @ flip, f_aff, fixed_lab.shape)
+    warped_arr = np.rint(warped.numpy()).astype(np.int32)
+    if warped_arr.shape != fixed_lab.shape:
+        raise RuntimeError(f"ants_affine: warped labels {warped_arr.shape} != fixed grid {fixed_lab.shape}.")
     return BaselineResult(ddf.astype(np.float32), warped_arr, seconds)
 
 

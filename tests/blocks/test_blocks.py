@@ -15,6 +15,7 @@ from common.blocks import (
     affine_to_ddf,
     compose_ddf,
     control_grid_shape,
+    ddf_to_affine,
     identity_affine,
     integrate_velocity,
     jacobian_determinant,
@@ -206,3 +207,35 @@ def test_bad_values_and_types():
         BSplineTransformer(4)(torch.zeros(1, 2, 3, 3), (20, 20))
     with pytest.raises(ValueError, match="one_hot: `labels` has value 3"):
         one_hot(torch.full((1, 1, 2, 2), 3), num_classes=3)
+
+
+@pytest.mark.parametrize("shape", [(9, 7), (6, 8, 5)])
+def test_ddf_to_affine_inverts_affine_to_ddf(shape):
+    dims = len(shape)
+    m = identity_affine(2, dims) + 0.1 * torch.randn(2, dims, dims + 1, generator=torch.Generator().manual_seed(3))
+    m[:, :, dims] *= 20  # translations of a few voxels
+    back = ddf_to_affine(affine_to_ddf(m, shape))
+    assert back.shape == m.shape and torch.allclose(back, m, atol=1e-5)
+
+
+def test_ddf_to_affine_is_the_least_squares_fit_of_a_non_affine_field():
+    m = identity_affine(1, 3)
+    m[0, 0, 3] = 2.0
+    ddf = affine_to_ddf(m, (8, 8, 8)) + 0.3 * smooth_field((8, 8, 8), seed=1)
+    fit = ddf_to_affine(ddf)
+    residual = (ddf - affine_to_ddf(fit, (8, 8, 8))).pow(2).sum()
+    for delta in (0.01, -0.01):  # any nudge of the fit increases the squared residual
+        for i, j in ((0, 0), (0, 3), (2, 1)):
+            other = fit.clone()
+            other[0, i, j] += delta
+            assert (ddf - affine_to_ddf(other, (8, 8, 8))).pow(2).sum() > residual
+
+
+@pytest.mark.parametrize(
+    "ddf, match",
+    [(torch.zeros(1, 2, 4, 4, 4), "D = 2 or 3"), (torch.zeros(3, 4, 4), "D = 2 or 3"),
+     (torch.full((1, 2, 4, 4), float("nan")), "NaN")],
+)  # fmt: skip
+def test_ddf_to_affine_rejects_bad_fields(ddf, match):
+    with pytest.raises(ValueError, match=match):
+        ddf_to_affine(ddf)

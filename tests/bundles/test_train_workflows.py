@@ -14,7 +14,9 @@ import torch
 from common.engines.bundle import bundle_workflow, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
-BRAIN_TRAIN_BUNDLES = [ROOT / "bundles" / "brain_mri_hybrid_loss", ROOT / "bundles" / "brain_mri_prob_diffeo"]
+BRAIN_TRAIN_BUNDLES = [
+    ROOT / "bundles" / name for name in ("brain_mri_hybrid_loss", "brain_mri_prob_diffeo", "brain_mri_joint_affine")
+]
 CODES = (2, 3, 4, 17, 41, 42, 43, 53)  # FreeSurfer: WM, cortex, ventricle, hippocampus (left/right)
 
 
@@ -99,6 +101,7 @@ def test_train_validate_checkpoint_and_resume(bundle, tmp_path):
     expected_terms = {
         "brain_mri_hybrid_loss": {"SSDLoss", "MutualInformationLoss", "BlurredBoundaryLoss", "GradientRegulariser"},
         "brain_mri_prob_diffeo": {"recon", "recon_forward", "recon_inverse", "kl"},
+        "brain_mri_joint_affine": {"affine_ncc", "local_ncc", "dice", "smooth"},
     }[bundle.name]
     assert expected_terms | {"total"} <= set(terms[0])
     assert all(np.isfinite(float(r["total"])) for r in terms)

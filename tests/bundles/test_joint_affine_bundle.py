@@ -1,0 +1,101 @@
+"""brain_mri_joint_affine end to end: the exported ITK affine file is the network's affine part, in world space."""
+
+from __future__ import annotations
+
+import json
+
+import itk
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from test_bundles import ROOT, _pair
+
+from common.engines.bundle import bundle_workflow
+
+BUNDLE = ROOT / "bundles" / "brain_mri_joint_affine"
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _checkpoint(tmp_path) -> str:
+    """Random weights whose affine head outputs a fixed, clearly non-identity affine for any input and whose
+    deformable part is a constant shift of 1.5 voxels along array axis 0 (flow head bias)."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    net = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        net.affine_head.weight.zero_()
+        # change from identity in normalised coordinates, rows of [A - I | t]
+        net.affine_head.bias.copy_(torch.tensor([0.06, 0.1, 0.0, 0.08, -0.05, 0.02, 0.04, -0.1, 0.0, 0.03, 0.05, 0.0]))
+        net.flow.conv.weight.zero_()
+        net.flow.conv.bias.copy_(torch.tensor([1.5, 0.0, 0.0]))
+    path = tmp_path / "model.pt"
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+def _infer(tmp_path, files, ckpt, component):
+    out = tmp_path / component
+    wf = bundle_workflow(BUNDLE, "inference", "infer", ckpt_path=ckpt, moving=files["moving"], fixed=files["fixed"],
+                         output_dir=str(out), device="cpu", component=component)  # fmt: skip
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return out / "moving_to_fixed"
+
+
+def test_affine_file_maps_fixed_points_like_the_affine_displacement_output(tmp_path):
+    files = _pair(tmp_path, (26, 30, 22))
+    ckpt = _checkpoint(tmp_path)
+    affine_dir = _infer(tmp_path, files, ckpt, "affine")
+    total_dir = _infer(tmp_path, files, ckpt, "total")
+    assert (total_dir / "affine.tfm").is_file()
+    outputs = json.loads((total_dir / "metrics.json").read_text())["outputs"]
+    assert outputs["affine_itk"].endswith("affine.tfm")
+    # the same affine file whichever component the displacement outputs carry
+    assert (affine_dir / "affine.tfm").read_text() == (total_dir / "affine.tfm").read_text()
+    (transform,) = itk.transformread(str(total_dir / "affine.tfm"))
+    field = nib.load(affine_dir / "displacement_itk.nii.gz")
+    disp = np.asarray(field.dataobj, dtype=np.float64).reshape(*field.shape[:3], 3)  # LPS mm, ITK vector image
+    fixed_aff = nib.load(files["fixed"]).affine
+    moved = 0
+    for x in ([13, 15, 11], [5, 20, 8], [20, 7, 15], [9, 9, 17]):
+        p = LPS @ (fixed_aff @ np.append(x, 1.0))[:3]
+        expected = p + disp[tuple(x)]
+        got = np.array(transform.TransformPoint(p.tolist()))
+        assert np.allclose(got, expected, atol=0.05), (x, got, expected)
+        moved = max(moved, np.linalg.norm(got - p))
+    assert moved > 1.0  # the affine is far from identity: the check above is not vacuous
+
+
+@pytest.mark.parametrize("component", ["total", "deformable"])
+def test_other_components_differ_from_the_affine_part(tmp_path, component):
+    files = _pair(tmp_path, (26, 30, 22))
+    ckpt = _checkpoint(tmp_path)
+    a = np.asarray(nib.load(_infer(tmp_path, files, ckpt, "affine") / "disp.nii.gz").dataobj)
+    b = np.asarray(nib.load(_infer(tmp_path, files, ckpt, component) / "disp.nii.gz").dataobj)
+    assert np.abs(a).max() > 1.0 and np.abs(a - b).mean() > 0.5  # the 1.5-voxel (6 mm) shift shows
+    if component == "deformable":  # a constant shift on the 4 mm network grid, mapped to the 1 mm fixed grid
+        centre = b[8:18, 10:20, 6:16].reshape(-1, 3)
+        assert np.allclose(np.linalg.norm(centre, axis=1), 6.0, atol=0.3)
+
+
+def test_a_failing_affine_export_leaves_no_half_written_pair_folder(tmp_path, monkeypatch):
+    import common.io.itk_field
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(common.io.itk_field, "write_itk_affine", full_disk)
+    files = _pair(tmp_path, (26, 30, 22))
+    with pytest.raises(Exception) as info:  # MONAI's config runner wraps the error
+        _infer(tmp_path, files, _checkpoint(tmp_path), "total")
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    assert any("No space left on device" in m for m in chain)
+    out = tmp_path / "total"
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != "summary.csv"]
