@@ -141,20 +141,24 @@ def _itk_field_to_ddf(path: str, fixed_affine: np.ndarray) -> np.ndarray:
     return ddf[0].numpy()
 
 
-def ants_syn(pair: dict[str, str], preset: str = "lumir", threads: int | None = None) -> BaselineResult:
-    """ANTs SyN through ``antspyx`` with :data:`ANTS_PRESETS` ``[preset]`` (pre-aligned pairs), 2D or 3D."""
+def _ants_inputs(pair: dict[str, str], threads: int | None, caller: str):
+    """``(ants, fixed labels, fixed affine, fixed, moving, moving labels)`` for the antspyx baselines."""
     try:
         import ants
     except ImportError as exc:
-        raise PeerMissing("ants_syn: antspyx is not installed (pip install -e .[peers]).") from exc
-    if preset not in ANTS_PRESETS:
-        raise ValueError(f"ants_syn: preset must be one of {sorted(ANTS_PRESETS)}, got {preset!r}.")
+        raise PeerMissing(f"{caller}: antspyx is not installed (pip install -e .[peers]).") from exc
     if threads:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
     fixed_lab, f_aff, _, _ = _labels_on_grid(pair)
-    fixed = ants.image_read(str(pair["fixed_image"]))
-    moving = ants.image_read(str(pair["moving_image"]))
-    moving_lab = ants.image_read(str(pair["moving_label"]))
+    images = (ants.image_read(str(pair[k])) for k in ("fixed_image", "moving_image", "moving_label"))
+    return (ants, fixed_lab, f_aff, *images)
+
+
+def ants_syn(pair: dict[str, str], preset: str = "lumir", threads: int | None = None) -> BaselineResult:
+    """ANTs SyN through ``antspyx`` with :data:`ANTS_PRESETS` ``[preset]`` (pre-aligned pairs), 2D or 3D."""
+    if preset not in ANTS_PRESETS:
+        raise ValueError(f"ants_syn: preset must be one of {sorted(ANTS_PRESETS)}, got {preset!r}.")
+    ants, fixed_lab, f_aff, fixed, moving, moving_lab = _ants_inputs(pair, threads, "ants_syn")
     with tempfile.TemporaryDirectory(prefix="ants_") as tmp:
         t0 = time.perf_counter()
         reg = ants.registration(fixed, moving, outprefix=str(Path(tmp) / "reg_"), random_seed=1,
@@ -179,18 +183,9 @@ def ants_syn(pair: dict[str, str], preset: str = "lumir", threads: int | None = 
 def ants_affine(pair: dict[str, str], threads: int | None = None) -> BaselineResult:
     """ANTs affine registration through ``antspyx`` (``type_of_transform="Affine"``: Mattes MI, multi-resolution,
     12 parameters), 3D, moving and fixed images on one grid; ``seconds`` is the registration call alone."""
-    try:
-        import ants
-    except ImportError as exc:
-        raise PeerMissing("ants_affine: antspyx is not installed (pip install -e .[peers]).") from exc
     from common.engines.geometry import world_map_ddf
 
-    if threads:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
-    fixed_lab, f_aff, _, _ = _labels_on_grid(pair)
-    fixed = ants.image_read(str(pair["fixed_image"]))
-    moving = ants.image_read(str(pair["moving_image"]))
-    moving_lab = ants.image_read(str(pair["moving_label"]))
+    ants, fixed_lab, f_aff, fixed, moving, moving_lab = _ants_inputs(pair, threads, "ants_affine")
     with tempfile.TemporaryDirectory(prefix="ants_") as tmp:
         t0 = time.perf_counter()
         reg = ants.registration(fixed, moving, type_of_transform="Affine", outprefix=str(Path(tmp) / "reg_"),
