@@ -7,6 +7,7 @@ Usage::
     python scripts/prepare_data.py brain_misaligned  # held-out pairs with a random affine misalignment (no pre-alignment)
     python scripts/prepare_data.py oasis_real   # align the 4 real OASIS T1s, real-pair datalist
     python scripts/prepare_data.py cardiac      # 2D ED/ES phantom pairs (or --acdc_root for real ACDC)
+    python scripts/prepare_data.py lumir --root /path/to/LUMIR  # datalist of a LUMIR copy (no copying)
     python scripts/prepare_data.py brain --help
 
 Every command is resumable (finished outputs are skipped; files are written to a temporary name and
@@ -52,6 +53,7 @@ from common.data.brain.template import (  # noqa: E402
 )
 from common.data.datalist import check_prepare_config, write_json  # noqa: E402
 from common.data.pairs import all_pairs  # noqa: E402
+from common.io.l2r import l2r_case_id  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti, write_nifti  # noqa: E402
 
 DEFAULT_OUT = ROOT / "data" / "prepared"
@@ -378,12 +380,67 @@ def cardiac(
     return str(prepare_phantom_dataset(out_dir, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed))
 
 
+def lumir(root: str, out_dir: str = str(DEFAULT_OUT), json_name: str = "LUMIR_dataset.json") -> dict[str, Any]:
+    """Datalist of a LUMIR copy (Learn2Reg 2024, unlabelled brain T1s): <out_dir>/lumir/datalist.json.
+
+    Reads ``<root>/<json_name>`` with :func:`common.data.readers.read_lumir` (every file is checked) and writes
+    "training_subjects" (``{"id", "image"}``, id = the 4-digit case id of ``LUMIRMRI_3455_0000.nii.gz``, see
+    :func:`common.io.l2r.l2r_case_id`; pair them with :func:`common.data.pairs.random_pairs`), "validation" and
+    "test" (pairs ``{"id", "moving_id", "fixed_id", "moving_image", "fixed_image"}``; empty lists when the JSON
+    has none). Paths are absolute: the images stay where they are.
+
+    Args:
+        root: LUMIR folder holding the dataset JSON, imagesTr/ and imagesVal/.
+        out_dir: output root (default data/prepared).
+        json_name: dataset JSON inside ``root``.
+
+    Returns:
+        Summary: the datalist path, the entry counts and notes on empty sections.
+    """
+    from common.data.readers import DatasetLayoutError, read_lumir
+
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"lumir: {base}: LUMIR root folder not found or not a folder (pass --root /path/to/LUMIR)."
+        )
+    layout = read_lumir(base.resolve(), json_name)  # DatasetLayoutError names the JSON / missing file
+    subjects, owner = [], {}
+    for item in layout["training"]:
+        sid = l2r_case_id(item["image"])
+        if sid in owner:
+            raise DatasetLayoutError(
+                f"lumir: {base / json_name}: {owner[sid]} and {item['image']} share case id {sid!r}."
+            )
+        owner[sid] = item["image"]
+        subjects.append({"id": sid, "image": item["image"]})
+    datalist: dict[str, Any] = {
+        "description": f"LUMIR brain T1s listed from {base.resolve() / json_name} (absolute paths, images only).",
+        "training_subjects": subjects,
+    }
+    notes = []
+    for split in ("validation", "test"):
+        pairs = []
+        for p in layout[split]:
+            mid, fid = l2r_case_id(p["moving_image"]), l2r_case_id(p["fixed_image"])
+            pairs.append({"id": f"{mid}_to_{fid}", "moving_id": mid, "fixed_id": fid,
+                          "moving_image": p["moving_image"], "fixed_image": p["fixed_image"]})  # fmt: skip
+        datalist[split] = pairs
+        if not pairs:
+            notes.append(f"no {split!r} pairs in {json_name}: wrote an empty list")
+    path = Path(out_dir) / "lumir" / "datalist.json"
+    write_json(datalist, path)
+    summary = {"datalist": str(path), **{k: len(datalist[k]) for k in ("training_subjects", "validation", "test")}}
+    return {**summary, "notes": notes} if notes else summary
+
+
 COMMANDS = {
     "template": template,
     "brain": brain,
     "brain_misaligned": brain_misaligned,
     "oasis_real": oasis_real,
     "cardiac": cardiac,
+    "lumir": lumir,
 }
 
 if __name__ == "__main__":

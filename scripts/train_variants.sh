@@ -3,6 +3,9 @@
 # Usage: scripts/train_variants.sh BUNDLE VARIANT [VARIANT ...]
 #   prob_diffeo  (bundles/brain_mri_prob_diffeo, Dalca et al. 2018):  full | diag | unidir | seg
 #   joint_affine (bundles/brain_mri_joint_affine, Zhu et al. 2020):    full | noaffine | noanat
+#   lumir_cascade (bundles/brain_mri_lumir_cascade, Zhang et al. 2024): backbone | bf | ca | lk | lc2
+#     (the paper's Table 2 rows, each adding one switch: bilateral filter, co-attention, large kernels,
+#      large channels + two cascade steps per level)
 # Each variant trains from scratch with the same seed, data and schedule; runs go to $RUNS/<variant>
 # (default ~/.cache/monai-reg-zoo/runs/<run set of the bundle>/). MAX_EPOCHS=N overrides the config's
 # schedule, also when resuming.
@@ -14,7 +17,8 @@ shift
 case "$bundle" in
   prob_diffeo) dir=brain_mri_prob_diffeo; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/prob_diffeo_v2}" ;;
   joint_affine) dir=brain_mri_joint_affine; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/joint_affine}" ;;
-  *) echo "unknown bundle: $bundle (prob_diffeo | joint_affine)" >&2; exit 2 ;;
+  lumir_cascade) dir=brain_mri_lumir_cascade; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/lumir_cascade}" ;;
+  *) echo "unknown bundle: $bundle (prob_diffeo | joint_affine | lumir_cascade)" >&2; exit 2 ;;
 esac
 cd "$ROOT/bundles/$dir"
 for variant in "$@"; do
@@ -25,6 +29,17 @@ for variant in "$@"; do
     prob_diffeo/seg) extra=(--seg_weight 1.0) ;;
     joint_affine/noaffine) extra=(--network_def#use_affine False --affine_weight 0.0) ;;
     joint_affine/noanat) extra=(--anat_weight 0.0) ;;
+    lumir_cascade/*)
+      bf=False ca=False lk=False fc=16 steps=1
+      case "$variant" in
+        backbone) ;;
+        bf) bf=True ;;
+        ca) bf=True ca=True ;;
+        lk) bf=True ca=True lk=True ;;
+        lc2) bf=True ca=True lk=True fc=32 steps=2 ;;
+        *) echo "unknown variant of $bundle: $variant" >&2; exit 2 ;;
+      esac
+      extra=(--bilateral $bf --co_attention $ca --large_kernel $lk --flow_channels $fc --cascade_steps $steps) ;;
     *) echo "unknown variant of $bundle: $variant" >&2; exit 2 ;;
   esac
   mkdir -p "$RUNS/$variant"

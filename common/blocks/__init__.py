@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.blocks.affine import AffineTransform, affine_to_ddf, ddf_to_affine, identity_affine
+from common.blocks.bilateral import BilateralFieldFilter, bilateral_filter_field
 from common.blocks.bspline import BSplineTransformer, control_grid_shape
 from common.blocks.compose import compose_ddf
 from common.blocks.integrate import VelocityIntegrator, integrate_velocity
@@ -30,4 +31,6 @@ __all__ = [
     "sample_at",
     "warp",
     "warp_labels",
+    "BilateralFieldFilter",
+    "bilateral_filter_field",
 ]

@@ -18,7 +18,10 @@ Facts this module relies on (read from the public Learn2Reg / LUMIR evaluation c
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,9 +35,17 @@ from common.conventions import ALIGN_CORNERS, check_ddf
 from common.io.convert import as_affine
 from common.io.nifti import ImageReadError, atomic_path
 
-__all__ = ["l2r_disp_name", "write_l2r_displacement", "read_l2r_displacement"]
+__all__ = [
+    "l2r_case_id",
+    "l2r_disp_name",
+    "write_l2r_displacement",
+    "read_l2r_displacement",
+    "collect_submission",
+]
 
 _SUFFIXES = (".nii.gz", ".nii", ".npz")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+_CASE_RE = re.compile(r"^(?:.*_)?(\d{4})_\d{4}\.nii\.gz$")
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -210,3 +221,104 @@ def read_l2r_displacement(
                 raise ValueError(f"{caller}: cannot upsample stored shape {stored} to `full_shape` {full}.")
     out = np.stack(comps, axis=0)[None]
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def l2r_case_id(path: str | os.PathLike) -> str:
+    """Learn2Reg / LUMIR case id of an image file: ``"3455"`` for ``.../LUMIRMRI_3455_0000.nii.gz``.
+
+    Names of the form ``<anything>_<4 digits>_<4 digits>.nii.gz`` (``OASIS_0395_0000.nii.gz``) give the first
+    4-digit group - the characters the challenge scorers cut with ``name[-16:-12]``. Any other name gives the file
+    name without its ``.nii.gz``/``.nii``/``.mha``/``.nrrd`` extension (a scorer would not find such files).
+
+    Raises:
+        ValueError: ``path`` has no file name.
+    """
+    name = Path(path).name
+    if not name:
+        raise ValueError(f"l2r_case_id: `path` has no file name, got {str(path)!r}.")
+    match = _CASE_RE.match(name)
+    if match:
+        return match.group(1)
+    for suffix in _IMAGE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _submission_name(folder: Path, caller: str) -> str:
+    """``disp_<fixed>_<moving>.nii.gz`` from ``folder/metrics.json`` (``"pair"``: the input paths)."""
+    metrics_path = folder / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{caller}: {metrics_path}: not a readable JSON file ({type(exc).__name__}: {exc}).") from exc
+    pair = metrics.get("pair") if isinstance(metrics, dict) else None
+    if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) for k in ("fixed_image", "moving_image")):
+        raise ValueError(f"{caller}: {metrics_path}: no 'pair' object with string 'fixed_image' and 'moving_image'.")
+    try:
+        return l2r_disp_name(l2r_case_id(pair["fixed_image"]), l2r_case_id(pair["moving_image"]))
+    except ValueError as exc:
+        raise ValueError(f"{caller}: {metrics_path}: cannot name the submission file ({exc}).") from exc
+
+
+def collect_submission(
+    output_dir: str | os.PathLike, submission_dir: str | os.PathLike, overwrite: bool = False
+) -> list[Path]:
+    """Gather the per-pair ``disp.nii.gz`` files of an inference run into a Learn2Reg / LUMIR submission folder.
+
+    Every ``<output_dir>/<pair>/`` holding a ``metrics.json`` (as written by
+    :class:`common.engines.inference.SaveRegistrationOutputsd`) is one pair; its ``disp.nii.gz`` is copied
+    byte for byte (already the channels-last fixed-grid voxel format the scorers read) to
+    ``<submission_dir>/disp_<fixed>_<moving>.nii.gz``, the ids being :func:`l2r_case_id` of the ``fixed_image``
+    and ``moving_image`` paths stored in ``metrics.json["pair"]``. Hidden folders (``.name``, e.g. the
+    ``.<pair>.partial-<pid>`` folders of an interrupted run) are skipped. All names are checked before anything
+    is copied, so a clash leaves the submission folder untouched; each copy is atomic (temp file + rename).
+
+    Args:
+        output_dir: inference output folder (one sub-folder per pair).
+        submission_dir: folder to write the ``disp_*.nii.gz`` files into (created if needed).
+        overwrite: replace existing submission files (default: refuse).
+
+    Returns:
+        The written paths, sorted.
+
+    Raises:
+        ValueError: ``output_dir`` missing or without pair folders; ``submission_dir`` is a file; a pair folder without ``disp.nii.gz``; an
+            unreadable ``metrics.json``; two pairs mapping to the same submission name.
+        FileExistsError: a submission file exists and ``overwrite`` is False.
+    """
+    caller = "collect_submission"
+    src_root, dst_root = Path(output_dir), Path(submission_dir)
+    if not src_root.is_dir():
+        raise ValueError(f"{caller}: {src_root}: output folder not found.")
+    if dst_root.exists() and not dst_root.is_dir():
+        raise ValueError(f"{caller}: {dst_root}: submission path exists and is not a folder.")
+    folders = sorted(
+        p for p in src_root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "metrics.json").is_file()
+    )
+    if not folders:
+        raise ValueError(f"{caller}: {src_root}: no pair folders (<pair>/metrics.json) found; run inference first.")
+    plan: dict[str, Path] = {}
+    for folder in folders:
+        disp = folder / "disp.nii.gz"
+        if not disp.is_file():
+            raise ValueError(
+                f"{caller}: {folder}: has metrics.json but no disp.nii.gz (inference with write_l2r off?)."
+            )
+        name = _submission_name(folder, caller)
+        if name in plan:
+            raise ValueError(
+                f"{caller}: {plan[name].parent} and {folder} both map to {name}; the case ids of their "
+                "fixed/moving image names coincide."
+            )
+        plan[name] = disp
+    if not overwrite:
+        for name in sorted(plan):
+            if (dst_root / name).exists():
+                raise FileExistsError(f"{caller}: {dst_root / name}: exists; pass overwrite=True to replace it.")
+    written = []
+    for name, disp in sorted(plan.items()):
+        with atomic_path(dst_root / name) as tmp:
+            shutil.copyfile(disp, tmp)
+        written.append(dst_root / name)
+    return written
