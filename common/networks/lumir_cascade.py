@@ -49,8 +49,18 @@ def _conv(dims: int) -> type[nn.Module]:
     return nn.Conv2d if dims == 2 else nn.Conv3d
 
 
+class _SafeInstanceNorm(nn.InstanceNorm3d):
+    """Instance norm (learnt affine, 2D or 3D) that also accepts a single voxel per channel: small inputs reach a
+    1-voxel coarsest level, where ``x - mean(x) = 0`` and the output is the bias (torch would raise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x[0, 0].numel() == 1:
+            return torch.zeros_like(x) + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+        return F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
 def _norm(dims: int, channels: int) -> nn.Module:
-    return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    return _SafeInstanceNorm(channels, affine=True)
 
 
 class ConvBlock(nn.Module):

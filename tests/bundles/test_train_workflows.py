@@ -15,7 +15,8 @@ from common.engines.bundle import bundle_workflow, run_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 BRAIN_TRAIN_BUNDLES = [
-    ROOT / "bundles" / name for name in ("brain_mri_hybrid_loss", "brain_mri_prob_diffeo", "brain_mri_joint_affine")
+    ROOT / "bundles" / name
+    for name in ("brain_mri_hybrid_loss", "brain_mri_prob_diffeo", "brain_mri_joint_affine", "brain_mri_lumir_cascade")
 ]
 CODES = (2, 3, 4, 17, 41, 42, 43, 53)  # FreeSurfer: WM, cortex, ventricle, hippocampus (left/right)
 
@@ -68,6 +69,7 @@ def _train(bundle: Path, datalist: Path, out: Path, max_epochs: int):
         device="cpu",
         channels=8,
         patch_size=[32, 32, 32],
+        real_fraction=0.0,  # lumir_cascade: synthetic pairs only (the real OASIS T1s are not in CI)
         epoch_length=2,
         val_interval=1,
         max_epochs=max_epochs,
@@ -102,6 +104,7 @@ def test_train_validate_checkpoint_and_resume(bundle, tmp_path):
         "brain_mri_hybrid_loss": {"SSDLoss", "MutualInformationLoss", "BlurredBoundaryLoss", "GradientRegulariser"},
         "brain_mri_prob_diffeo": {"recon", "recon_forward", "recon_inverse", "kl"},
         "brain_mri_joint_affine": {"affine_ncc", "local_ncc", "dice", "smooth"},
+        "brain_mri_lumir_cascade": {"LocalNCCLoss", "GradientRegulariser"},
     }[bundle.name]
     assert expected_terms | {"total"} <= set(terms[0])
     assert all(np.isfinite(float(r["total"])) for r in terms)

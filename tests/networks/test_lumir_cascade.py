@@ -120,3 +120,17 @@ def test_bad_inputs_are_named(kwargs, shape, match):
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CascadeRegNet(**{"spatial_dims": 3, **SMALL, **kwargs})
+
+
+def test_small_inputs_reach_a_one_voxel_level_without_error():
+    """16^3 input, 5 levels: the coarsest level is 1 voxel; instance norm there gives its bias (x - mean = 0)."""
+    from common.networks.lumir_cascade import _SafeInstanceNorm
+
+    net = CascadeRegNet(spatial_dims=3, enc_channels=(4, 4, 8, 8, 8), flow_channels=8, large_kernel=True)
+    assert net(torch.rand(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    norm = _SafeInstanceNorm(3, affine=True)
+    with torch.no_grad():
+        norm.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    assert torch.equal(norm(torch.randn(2, 3, 1, 1, 1)).flatten(), torch.tensor([0.5, -1.0, 2.0] * 2))
+    x = torch.randn(2, 3, 4, 5, 6)
+    assert torch.allclose(norm(x), torch.nn.functional.instance_norm(x, weight=norm.weight, bias=norm.bias))
