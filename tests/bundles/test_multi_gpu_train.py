@@ -28,6 +28,7 @@ def _torchrun(bundle: Path, datalist: Path, out: Path, max_epochs: int) -> str:
         "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
         "--datalist", str(datalist), "--dataset_dir", str(datalist.parent), "--output_dir", str(out),
         "--channels", "8", "--patch_size", "[32,32,32]", "--epoch_length", "2", "--max_epochs", str(max_epochs), "--val_interval", "1",
+        "--real_fraction", "0.0",  # lumir_cascade: no real OASIS T1s in CI
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
