@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.datalist import is_file, read_json_file, resolve_entry
+from common.io.files import image_stem
 
 __all__ = [
     "DatasetLayoutError",
@@ -84,11 +85,7 @@ def _entries(data: dict, key: str, path: Path, caller: str, required: Sequence[s
 
 
 def _case_id(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return image_stem(path)
 
 
 def read_neurite_oasis(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["sha256sum"]
+__all__ = ["sha256sum", "IMAGE_SUFFIXES", "image_stem"]
 
 
 def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -15,3 +15,15 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """File name without its image extension (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``); other names unchanged."""
+    name = os.path.basename(os.fspath(path))
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name

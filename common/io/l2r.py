@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from common.conventions import ALIGN_CORNERS, check_ddf
 from common.io.convert import as_affine
+from common.io.files import image_stem
 from common.io.nifti import ImageReadError, atomic_path
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 _SUFFIXES = (".nii.gz", ".nii", ".npz")
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 _CASE_RE = re.compile(r"^(?:.*_)?(\d{4})_\d{4}\.nii\.gz$")
 _F16_MAX = float(np.finfo(np.float16).max)
 
@@ -239,10 +239,7 @@ def l2r_case_id(path: str | os.PathLike) -> str:
     match = _CASE_RE.match(name)
     if match:
         return match.group(1)
-    for suffix in _IMAGE_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    return image_stem(name)
 
 
 def _submission_name(folder: Path, caller: str) -> str:

@@ -281,15 +281,15 @@ class CascadeRegNet(nn.Module):
         self.last_levels = []
         for lvl in range(self.levels - 1, self.finest_level - 1, -1):
             m_feat, f_feat = feats[lvl]
-            if flow is None:
-                flow = m_feat.new_zeros((m_feat.shape[0], self.dims, *m_feat.shape[2:]))
-            else:
+            if flow is not None:
                 flow = resize_flow(flow, m_feat.shape[2:])
             for s in range(self.cascade_steps):
-                residual = self.estimators[f"{lvl}_{s}"](f_feat, warp(m_feat, flow))
+                # the coarsest first step starts from the identity: no warp, no composition needed
+                warped = m_feat if flow is None else warp(m_feat, flow)
+                residual = self.estimators[f"{lvl}_{s}"](f_feat, warped)
                 if self.integrator is not None:
                     residual = self.integrator(residual)
-                flow = compose_ddf(flow, residual)
+                flow = residual if flow is None else compose_ddf(flow, residual)
             self.last_levels.append(flow)
         assert flow is not None
         if flow.shape[2:] != x.shape[2:]:
