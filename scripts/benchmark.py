@@ -11,8 +11,10 @@ Usage::
 
 Methods: ``zero``, ``affine`` (ITK, 3D), ``ants`` (antspyx SyN, preset ``--ants_preset lumir|script|fast``),
 ``elastix`` (itk-elastix default B-spline map), ``classic`` (our iterative NGF B-spline), ``bundles`` (every
-bundle with trained weights whose dimension matches the data) or ``bundle:<name>``. Missing peers are skipped
-with a message. Speed ratios to ANTs are computed pair by pair within the run.
+bundle with trained weights whose dimension matches the data; a bundle with instance optimisation is run twice,
+network only and with ``--instance_iterations``), ``bundle:<name>`` or ``bundle:<name>+io<N>`` (N instance
+optimisation iterations). Missing peers are skipped with a message. Speed ratios to ANTs are computed pair by pair
+within the run.
 """
 
 from __future__ import annotations
@@ -50,15 +52,34 @@ SUMMARY = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("sdlogj", "SDlogJ
 
 
 # ----------------------------------------------------------------------------------------------- child side
-def _bundle_result(bundle: Path, pair: dict[str, str], device: str) -> tuple[np.ndarray, np.ndarray, float]:
+def split_bundle_method(method: str) -> tuple[str, int]:
+    """``bundle:<name>[+io<N>]`` -> (name, N instance-optimisation iterations, 0 for the network alone)."""
+    name = method.split(":", 1)[1]
+    if "+io" not in name:
+        return name, 0
+    name, n = name.split("+io", 1)
+    if not n.isdigit():
+        raise SystemExit(f"benchmark: {method!r}: expected bundle:<name>+io<iterations>, e.g. +io50")
+    return name, int(n)
+
+
+def supports_instance_optimisation(bundle: Path) -> bool:
+    """True when the bundle's ``inference.json`` has an ``instance_iterations`` setting."""
+    cfg = bundle / "configs" / "inference.json"
+    return cfg.is_file() and "instance_iterations" in json.loads(cfg.read_text())
+
+
+def _bundle_result(bundle: Path, pair: dict[str, str], device: str,
+                   instance_iterations: int = 0) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
     from common.engines.bundle import run_bundle
 
+    extra = {"instance_iterations": instance_iterations} if instance_iterations else {}
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         t0 = time.perf_counter()
         # no fixed_label: the bundle would also score the pair; the parent scores every method the same way
         run_bundle(bundle, "inference", "infer", moving=pair["moving_image"], fixed=pair["fixed_image"],
                    moving_label=pair["moving_label"], output_dir=tmp, device=device,
-                   overwrite=True)  # fmt: skip
+                   overwrite=True, **extra)  # fmt: skip
         seconds = time.perf_counter() - t0
         (d,) = [p for p in Path(tmp).iterdir() if p.is_dir()]
         fixed, _ = read_nifti(pair["fixed_label"], dtype=np.int32)
@@ -90,7 +111,8 @@ def one(method: str, pair_json: str, out: str, device: str = "cpu", ants_preset:
         r = bl.classic_bspline(pair)
         ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
     elif method.startswith("bundle:"):
-        ddf, warped, seconds = _bundle_result(ROOT / "bundles" / method.split(":", 1)[1], pair, device)
+        name, iterations = split_bundle_method(method)
+        ddf, warped, seconds = _bundle_result(ROOT / "bundles" / name, pair, device, iterations)
     else:
         raise ValueError(f"benchmark: unknown method {method!r}")
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
@@ -129,8 +151,11 @@ def trained_bundles(dims: int) -> list[str]:
     return [b.name for b in _trained(ROOT / "bundles", dims)]
 
 
-def resolve_methods(methods: str, dims: int) -> tuple[list[str], list[str]]:
-    """Expand the ``--methods`` list: ``(methods to run, messages about skipped ones)``."""
+def resolve_methods(methods: str, dims: int, instance_iterations: int = 50) -> tuple[list[str], list[str]]:
+    """Expand the ``--methods`` list: ``(methods to run, messages about skipped ones)``.
+
+    ``bundles`` adds ``bundle:<name>+io<instance_iterations>`` after each bundle that supports instance optimisation
+    (none when ``instance_iterations`` is 0)."""
     from common.engines.baselines import peer_available
 
     out, notes = [], []
@@ -141,7 +166,10 @@ def resolve_methods(methods: str, dims: int) -> tuple[list[str], list[str]]:
             found = trained_bundles(dims)
             if not found:
                 notes.append(f"no {dims}D bundle with trained weights: bundles skipped")
-            out += [f"bundle:{b}" for b in found]
+            for b in found:
+                out.append(f"bundle:{b}")
+                if instance_iterations and supports_instance_optimisation(ROOT / "bundles" / b):
+                    out.append(f"bundle:{b}+io{int(instance_iterations)}")
         elif m in ("ants", "elastix"):
             if peer_available(m):
                 out.append(m)
@@ -151,8 +179,13 @@ def resolve_methods(methods: str, dims: int) -> tuple[list[str], list[str]]:
         elif m == "affine" and dims != 3:
             notes.append("affine: 3D only: skipped")
         elif m in ("zero", "affine", "classic") or m.startswith("bundle:"):
-            if m.startswith("bundle:") and not (ROOT / "bundles" / m.split(":", 1)[1]).is_dir():
-                raise SystemExit(f"benchmark: unknown bundle {m.split(':', 1)[1]!r}")
+            if m.startswith("bundle:"):
+                name, iterations = split_bundle_method(m)
+                if not (ROOT / "bundles" / name).is_dir():
+                    raise SystemExit(f"benchmark: unknown bundle {name!r}")
+                if iterations and not supports_instance_optimisation(ROOT / "bundles" / name):
+                    raise SystemExit(f"benchmark: {m!r}: bundle {name!r} has no instance optimisation "
+                                     "(no 'instance_iterations' in its inference.json)")  # fmt: skip
             out.append(m)
         else:
             raise SystemExit(f"benchmark: unknown method {m!r} (zero, affine, ants, elastix, classic, bundles, "
@@ -248,7 +281,8 @@ def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> 
 
 def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = "test",
         methods: str = "zero,affine,ants,elastix,bundles", out: str = "outputs/benchmark", limit: int | None = None,
-        ants_preset: str = "lumir", device: str = "cpu", threads: int = 0, timeout: float = 7200) -> str:  # fmt: skip
+        ants_preset: str = "lumir", device: str = "cpu", threads: int = 0, timeout: float = 7200,
+        instance_iterations: int = 50) -> str:  # fmt: skip
     """Benchmark ``methods`` on the labelled pairs of a datalist; write results.csv, summary.md and plots.
 
     Args:
@@ -264,6 +298,8 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
         device: torch device for the bundles.
         threads: threads for ANTs/elastix (default: all cores).
         timeout: seconds per registration before it is killed and recorded as failed.
+        instance_iterations: with ``bundles``, also run each bundle that has instance optimisation with this many
+            iterations (0: network only).
     """
     if datalist is None:
         if dataset not in DATASETS:
@@ -288,7 +324,7 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
         if missing:
             raise SystemExit(f"benchmark: {datalist}: entry {p.get('id', p)} lacks {missing}.")
     dims = read_nifti(pairs[0]["fixed_label"])[0].ndim
-    todo, notes = resolve_methods(methods, dims)
+    todo, notes = resolve_methods(methods, dims, instance_iterations)
     labels = common_labels(pairs)
     for n in notes:
         print(f"benchmark: {n}")

@@ -79,3 +79,41 @@ def test_run_on_tiny_pairs_writes_table_csv_and_plots(tmp_path):
     assert "| zero |" in text and "| classic |" in text
     for png in ("dice_boxplot.png", "time_vs_dice.png", "qc_montage.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_instance_optimisation_methods_are_parsed_expanded_and_forwarded(monkeypatch, tmp_path):
+    assert benchmark.split_bundle_method("bundle:brain_mri_prob_diffeo+io50") == ("brain_mri_prob_diffeo", 50)
+    assert benchmark.split_bundle_method("bundle:brain_mri_hybrid_loss") == ("brain_mri_hybrid_loss", 0)
+    with pytest.raises(SystemExit, match=r"\+io<iterations>"):
+        benchmark.split_bundle_method("bundle:brain_mri_prob_diffeo+iofifty")
+    # only the probabilistic bundle has instance optimisation
+    assert benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_prob_diffeo")
+    assert not benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_hybrid_loss")
+    with pytest.raises(SystemExit, match="has no instance optimisation"):
+        benchmark.resolve_methods("bundle:brain_mri_hybrid_loss+io50", dims=3)
+    monkeypatch.setattr(benchmark, "trained_bundles", lambda dims: ["brain_mri_hybrid_loss", "brain_mri_prob_diffeo"])
+    todo, _ = benchmark.resolve_methods("zero,bundles", dims=3, instance_iterations=200)
+    assert todo == ["zero", "bundle:brain_mri_hybrid_loss", "bundle:brain_mri_prob_diffeo",
+                    "bundle:brain_mri_prob_diffeo+io200"]  # fmt: skip
+    assert "bundle:brain_mri_prob_diffeo+io0" not in benchmark.resolve_methods("bundles", 3, 0)[0]
+
+    # the iteration count reaches the bundle run as its instance_iterations override; none for the network alone
+    import common.engines.bundle as eb
+
+    seen: list[dict] = []
+
+    def fake_run(bundle, configs, workflow, **overrides):
+        seen.append(overrides)
+        d = Path(overrides["output_dir"]) / "pair"
+        d.mkdir()
+        lab = np.zeros((4, 4, 4), np.int16)
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), d / "warped_label.nii.gz")
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), d / "disp.nii.gz")
+
+    monkeypatch.setattr(eb, "run_bundle", fake_run)
+    fixed = tmp_path / "fixed_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), fixed)
+    pair = {"moving_image": "m", "fixed_image": "f", "moving_label": "ml", "fixed_label": str(fixed)}
+    benchmark._bundle_result(ROOT / "bundles" / "brain_mri_prob_diffeo", pair, "cpu", 7)
+    benchmark._bundle_result(ROOT / "bundles" / "brain_mri_prob_diffeo", pair, "cpu", 0)
+    assert seen[0]["instance_iterations"] == 7 and "instance_iterations" not in seen[1]
