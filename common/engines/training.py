@@ -29,10 +29,13 @@ __all__ = [
 class _AtomicDiskSaver(DiskSaver):
     """Ignite save handler: temp file + fsync + rename, and removals deferred until the next save has landed."""
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None):
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, stale_glob: str | None = None):
         super().__init__(dirname=str(dirname), atomic=True, create_dir=True, require_empty=False)
         self.filename = filename
         self._pending: list[str] = []
+        # files an earlier (interrupted) process left under the same name pattern: ignite only tracks the files
+        # of its own process, so these are removed once this process's first checkpoint has landed
+        self._stale_glob = stale_glob
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         name = self.filename or filename
@@ -41,6 +44,9 @@ class _AtomicDiskSaver(DiskSaver):
             fh.flush()
             os.fsync(fh.fileno())
         pending, self._pending = self._pending, []
+        if self._stale_glob:
+            pending += [p.name for p in Path(self.dirname).glob(self._stale_glob) if not p.name.startswith(".")]
+            self._stale_glob = None
         for old in pending:
             if old != name:
                 (Path(self.dirname) / old).unlink(missing_ok=True)
@@ -57,13 +63,25 @@ class SafeCheckpointSaver(CheckpointSaver):
     with ``n_saved=1`` leaves only a truncated checkpoint (found by ``tests/robustness``). Here every file is
     written to a hidden temporary name, fsynced and renamed (normal permissions kept), and older checkpoints are
     removed only after the new one is complete; a kill at any moment leaves the previous checkpoint loadable.
+
+    With ``n_saved=1`` the interval checkpoint also replaces the ones an earlier, interrupted run left in
+    ``save_dir`` (ignite forgets them across processes, so a resumed run would otherwise keep one stale file per
+    interruption).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for ckpt in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if ckpt is not None:
-                ckpt.save_handler = _AtomicDiskSaver(self.save_dir, getattr(ckpt.save_handler, "filename", None))
+                stale = None
+                if ckpt is self._interval_checkpoint and ckpt.n_saved == 1:
+                    # ignite's names: [<prefix>_]<checkpoint | the one key>_<epoch | iteration>=<n>.pt
+                    name = "checkpoint" if len(self.save_dict) > 1 else next(iter(self.save_dict))
+                    stale = f"{name}_{'epoch' if self.epoch_level else 'iteration'}=*.pt"
+                    stale = f"{ckpt.filename_prefix}_{stale}" if ckpt.filename_prefix else stale
+                ckpt.save_handler = _AtomicDiskSaver(
+                    self.save_dir, getattr(ckpt.save_handler, "filename", None), stale_glob=stale
+                )
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "latest*.pt") -> Path | None:

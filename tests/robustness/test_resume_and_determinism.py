@@ -64,6 +64,8 @@ def test_sigkill_mid_training_then_same_command_resumes(tmp_path):
     assert f"resuming from {saved[0]}" in (res.stdout + res.stderr)
     final = torch.load(ckpts / "latest_checkpoint_epoch=12.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 48  # 12 epochs x 4 iterations
+    # the killed run's checkpoint was replaced, not left beside the resumed run's (n_saved=1)
+    assert [p.name for p in ckpts.glob("latest*.pt")] == ["latest_checkpoint_epoch=12.pt"]
     rows = list(csv.DictReader(open(out / "loss_terms.csv")))
     its = [int(r["iteration"]) for r in rows]
     assert its[-1] == 48 and min(i for i in its if i > done) == done + 1  # continued at the next iteration
