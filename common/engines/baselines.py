@@ -211,9 +211,11 @@ def ants_affine(pair: dict[str, str], threads: int | None = None) -> BaselineRes
 
 
 def elastix_bspline(pair: dict[str, str], grid_spacing_mm: float = 8.0, resolutions: int = 3,
-                    iterations: int = 500, threads: int | None = None) -> BaselineResult:  # fmt: skip
+                    iterations: int = 500, threads: int | None = None,
+                    parameters: dict[str, str] | None = None) -> BaselineResult:  # fmt: skip
     """elastix B-spline (``itk-elastix``; the default "bspline" parameter map, advanced Mattes MI) on
-    pre-aligned pairs. Threads go through ITK's global setting (the ``number_of_threads`` keyword segfaults)."""
+    pre-aligned pairs; ``parameters`` overrides entries of that map (e.g. ``{"Metric1Weight": 0.1}``). Threads go
+    through ITK's global setting (the ``number_of_threads`` keyword segfaults)."""
     import itk
 
     if not peer_available("elastix"):
@@ -227,6 +229,8 @@ def elastix_bspline(pair: dict[str, str], grid_spacing_mm: float = 8.0, resoluti
     pmap = params.GetDefaultParameterMap("bspline", int(resolutions), float(grid_spacing_mm))
     pmap["MaximumNumberOfIterations"] = [str(int(iterations))]
     pmap["WriteResultImage"] = ["false"]
+    for key, value in (parameters or {}).items():
+        pmap[key] = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
     params.AddParameterMap(pmap)
     t0 = time.perf_counter()
     _, tparams = itk.elastix_registration_method(fixed, moving, parameter_object=params, log_to_console=False)
