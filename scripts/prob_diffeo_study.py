@@ -39,11 +39,24 @@ def main(
     variants: str = "full,diag,unidir,seg",
     instance_iterations: str = "50,200",
     device: str = "cpu",
+    reuse: bool = True,
 ) -> str:
-    """Evaluate every variant's best checkpoint and write ``<out>/study.md`` with the four tables."""
+    """Evaluate every variant's best checkpoint and write ``<out>/study.md`` with the four tables.
+
+    ``reuse``: keep an existing evaluation (``<out>/<variant>/<bundle>/summary.md``, e.g. from an earlier call
+    while other variants were still training) instead of running it again.
+    """
     import evaluate_bundle
 
     out_dir = Path(out).resolve()
+
+    def evaluate(folder: str, **kwargs):
+        summary = out_dir / folder / BUNDLE / "summary.md"
+        if reuse and summary.is_file():
+            return summary
+        return evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / folder),
+                                    device=device, **kwargs)  # fmt: skip
+
     names = [v for v in (variants.split(",") if isinstance(variants, str) else variants) if v]
     iters = [int(i) for i in (instance_iterations.split(",") if isinstance(instance_iterations, str)
                               else instance_iterations) if str(i)]  # fmt: skip
@@ -53,16 +66,13 @@ def main(
         ckpt = Path(runs) / name / "checkpoints" / "best_model.pt"
         if not ckpt.is_file():
             raise SystemExit(f"prob_diffeo_study: {ckpt}: no best checkpoint for variant '{name}'.")
-        summary = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name),
-                                       ckpt=str(ckpt), device=device, affine=name == "full")  # fmt: skip
+        summary = evaluate(name, ckpt=str(ckpt), affine=name == "full")
         res[name] = _rows(summary, "bundle")
         if name == "full":
             base = {m: _rows(summary, m) for m in ("zero", "affine")}
     full_ckpt = Path(runs) / "full" / "checkpoints" / "best_model.pt"
     for n in iters:
-        summary = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section,
-                                       out=str(out_dir / f"full_io{n}"), ckpt=str(full_ckpt), device=device,
-                                       affine=False, overrides={"instance_iterations": n})  # fmt: skip
+        summary = evaluate(f"full_io{n}", ckpt=str(full_ckpt), affine=False, overrides={"instance_iterations": n})
         res[f"full_io{n}"] = _rows(summary, "bundle")
 
     def row(label: str, rows: list[dict[str, float]], keys: list[str]) -> list[str]:
