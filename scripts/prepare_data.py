@@ -53,7 +53,6 @@ from common.data.brain.template import (  # noqa: E402
 )
 from common.data.datalist import check_prepare_config, write_json  # noqa: E402
 from common.data.pairs import all_pairs  # noqa: E402
-from common.io.l2r import l2r_case_id  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti, write_nifti  # noqa: E402
 
 DEFAULT_OUT = ROOT / "data" / "prepared"
@@ -383,11 +382,9 @@ def cardiac(
 def lumir(root: str, out_dir: str = str(DEFAULT_OUT), json_name: str = "LUMIR_dataset.json") -> dict[str, Any]:
     """Datalist of a LUMIR copy (Learn2Reg 2024, unlabelled brain T1s): <out_dir>/lumir/datalist.json.
 
-    Reads ``<root>/<json_name>`` with :func:`common.data.readers.read_lumir` (every file is checked) and writes
-    "training_subjects" (``{"id", "image"}``, id = the 4-digit case id of ``LUMIRMRI_3455_0000.nii.gz``, see
-    :func:`common.io.l2r.l2r_case_id`; pair them with :func:`common.data.pairs.random_pairs`), "validation" and
-    "test" (pairs ``{"id", "moving_id", "fixed_id", "moving_image", "fixed_image"}``; empty lists when the JSON
-    has none). Paths are absolute: the images stay where they are.
+    Reads ``<root>/<json_name>`` with :func:`common.data.readers.lumir_datalist` (every file is checked; see it for
+    the sections; pair "training_subjects" with :func:`common.data.pairs.random_pairs`). Paths are absolute: the
+    images stay where they are.
 
     Args:
         root: LUMIR folder holding the dataset JSON, imagesTr/ and imagesVal/.
@@ -397,37 +394,14 @@ def lumir(root: str, out_dir: str = str(DEFAULT_OUT), json_name: str = "LUMIR_da
     Returns:
         Summary: the datalist path, the entry counts and notes on empty sections.
     """
-    from common.data.readers import DatasetLayoutError, read_lumir
+    from common.data.readers import lumir_datalist
 
     base = Path(root).expanduser()
     if not base.is_dir():
         raise FileNotFoundError(
             f"lumir: {base}: LUMIR root folder not found or not a folder (pass --root /path/to/LUMIR)."
         )
-    layout = read_lumir(base.resolve(), json_name)  # DatasetLayoutError names the JSON / missing file
-    subjects, owner = [], {}
-    for item in layout["training"]:
-        sid = l2r_case_id(item["image"])
-        if sid in owner:
-            raise DatasetLayoutError(
-                f"lumir: {base / json_name}: {owner[sid]} and {item['image']} share case id {sid!r}."
-            )
-        owner[sid] = item["image"]
-        subjects.append({"id": sid, "image": item["image"]})
-    datalist: dict[str, Any] = {
-        "description": f"LUMIR brain T1s listed from {base.resolve() / json_name} (absolute paths, images only).",
-        "training_subjects": subjects,
-    }
-    notes = []
-    for split in ("validation", "test"):
-        pairs = []
-        for p in layout[split]:
-            mid, fid = l2r_case_id(p["moving_image"]), l2r_case_id(p["fixed_image"])
-            pairs.append({"id": f"{mid}_to_{fid}", "moving_id": mid, "fixed_id": fid,
-                          "moving_image": p["moving_image"], "fixed_image": p["fixed_image"]})  # fmt: skip
-        datalist[split] = pairs
-        if not pairs:
-            notes.append(f"no {split!r} pairs in {json_name}: wrote an empty list")
+    datalist, notes = lumir_datalist(base, json_name)  # DatasetLayoutError names the JSON / missing file
     path = Path(out_dir) / "lumir" / "datalist.json"
     write_json(datalist, path)
     summary = {"datalist": str(path), **{k: len(datalist[k]) for k in ("training_subjects", "validation", "test")}}

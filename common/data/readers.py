@@ -32,6 +32,7 @@ __all__ = [
     "read_neurite_oasis",
     "read_l2r_oasis",
     "read_lumir",
+    "lumir_datalist",
     "read_image_label_folder",
     "read_datalist",
 ]
@@ -193,6 +194,46 @@ def read_lumir(root: str | os.PathLike, json_name: str = "LUMIR_dataset.json") -
         "validation": _json_pairs(data, "validation", path, base, subjects, caller),
         "test": _json_pairs(data, "test", path, base, subjects, caller),
     }
+
+
+def lumir_datalist(root: str | os.PathLike, json_name: str = "LUMIR_dataset.json") -> tuple[dict[str, Any], list[str]]:
+    """A project datalist of a LUMIR copy (absolute paths, images only) and notes on empty sections.
+
+    "training_subjects" holds ``{"id", "image"}`` (id = the 4-digit case id of ``LUMIRMRI_3455_0000.nii.gz``, see
+    :func:`common.io.l2r.l2r_case_id`); "validation" and "test" hold pairs ``{"id", "moving_id", "fixed_id",
+    "moving_image", "fixed_image"}`` (empty lists when the JSON has none).
+
+    Raises:
+        DatasetLayoutError: as :func:`read_lumir`, and two images with the same case id.
+    """
+    from common.io.l2r import l2r_case_id
+
+    base = Path(root).resolve()
+    layout = read_lumir(base, json_name)
+    subjects, owner = [], {}
+    for item in layout["training"]:
+        sid = l2r_case_id(item["image"])
+        if sid in owner:
+            raise DatasetLayoutError(
+                f"lumir: {base / json_name}: {owner[sid]} and {item['image']} share case id {sid!r}."
+            )
+        owner[sid] = item["image"]
+        subjects.append({"id": sid, "image": item["image"]})
+    datalist: dict[str, Any] = {
+        "description": f"LUMIR brain T1s listed from {base / json_name} (absolute paths, images only).",
+        "training_subjects": subjects,
+    }
+    notes = []
+    for split in ("validation", "test"):
+        pairs = []
+        for p in layout[split]:
+            mid, fid = l2r_case_id(p["moving_image"]), l2r_case_id(p["fixed_image"])
+            pairs.append({"id": f"{mid}_to_{fid}", "moving_id": mid, "fixed_id": fid,
+                          "moving_image": p["moving_image"], "fixed_image": p["fixed_image"]})  # fmt: skip
+        datalist[split] = pairs
+        if not pairs:
+            notes.append(f"no {split!r} pairs in {json_name}: wrote an empty list")
+    return datalist, notes
 
 
 def read_image_label_folder(
