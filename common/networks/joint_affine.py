@@ -60,7 +60,7 @@ from torch import nn
 from common.blocks.affine import affine_to_ddf, identity_affine
 from common.blocks.compose import compose_ddf
 from common.blocks.warp import warp
-from common.networks.voxelmorph import FlowHead
+from common.networks.voxelmorph import FlowHead, check_pair_input
 
 __all__ = ["JointAffineDeformNet"]
 
@@ -203,18 +203,7 @@ class JointAffineDeformNet(nn.Module):
             self.flow = FlowHead(spatial_dims, prev)
 
     def _check(self, x: torch.Tensor) -> None:
-        name = type(self).__name__
-        if not isinstance(x, torch.Tensor) or x.ndim != self.dims + 2 or x.shape[1] != self.in_channels:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(
-                f"{name}: expected input (B, {self.in_channels}, *S) with {self.dims} spatial dims "
-                f"([moving, fixed]), got shape {shape}."
-            )
-        if any(int(s) % self.factor for s in x.shape[2:]):
-            raise ValueError(
-                f"{name}: spatial size {tuple(x.shape[2:])} must be divisible by {self.factor} "
-                f"(input shape {tuple(x.shape)}); pad the images."
-            )
+        check_pair_input(x, type(self).__name__, self.dims, self.in_channels, self.factor, hint="pad the images")
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.in_channels // 2

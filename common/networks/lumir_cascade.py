@@ -40,7 +40,7 @@ from common.blocks.compose import compose_ddf
 from common.blocks.integrate import VelocityIntegrator
 from common.blocks.resize_flow import resize_flow
 from common.blocks.warp import warp
-from common.networks.voxelmorph import FlowHead
+from common.networks.voxelmorph import FlowHead, check_pair_input
 
 __all__ = ["ConvBlock", "LargeKernelBlock", "CoAttention", "CascadeRegNet"]
 
@@ -264,17 +264,7 @@ class CascadeRegNet(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = 2 ** (self.levels - 1)
-        if x.ndim != self.dims + 2 or x.shape[1] != 2:
-            raise ValueError(
-                f"CascadeRegNet: expected input (B, 2, *S) with {self.dims} spatial dims ([moving, fixed]), "
-                f"got shape {tuple(x.shape)}."
-            )
-        if any(s % factor for s in x.shape[2:]):
-            raise ValueError(
-                f"CascadeRegNet: spatial size {tuple(x.shape[2:])} must be divisible by {factor}; pad the input "
-                "(the bundle's inference pads to a multiple of 16)."
-            )
+        check_pair_input(x, "CascadeRegNet", self.dims, 2, 2 ** (self.levels - 1))
         moving, fixed = x[:, :1], x[:, 1:]
         feats = self._encode(torch.cat([moving, fixed], dim=0))
         flow: torch.Tensor | None = None

@@ -21,13 +21,35 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-__all__ = ["RegUNet", "FlowHead", "ProbabilisticRegUNet"]
+__all__ = ["RegUNet", "FlowHead", "ProbabilisticRegUNet", "check_pair_input"]
 
 
 def _conv(dims: int, cin: int, cout: int, stride: int = 1) -> Convolution:
     return Convolution(
         dims, cin, cout, strides=stride, kernel_size=3, act=("leakyrelu", {"negative_slope": 0.2}), norm=None
     )
+
+
+def check_pair_input(
+    x: torch.Tensor,
+    name: str,
+    dims: int,
+    channels: int,
+    factor: int,
+    hint: str = "pad the input (the bundles' inference pads to a multiple of 16)",
+) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``x`` is ``(B, channels, *S)`` with ``dims`` spatial dims, each
+    divisible by ``factor`` (the registration networks' shared input check)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != dims + 2 or x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"{name}: expected input (B, {channels}, *S) with {dims} spatial dims ([moving, fixed]), got shape {shape}."
+        )
+    if any(int(s) % factor for s in x.shape[2:]):
+        raise ValueError(
+            f"{name}: spatial size {tuple(x.shape[2:])} must be divisible by {factor} (input shape "
+            f"{tuple(x.shape)}); {hint}."
+        )
 
 
 class FlowHead(nn.Module):
@@ -106,17 +128,7 @@ class RegUNet(nn.Module):
         return pairs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = 2**self.levels
-        if x.ndim != self.dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"RegUNet: expected input (B, {self.in_channels}, *S) with {self.dims} spatial dims "
-                f"([moving, fixed]), got shape {tuple(x.shape)}."
-            )
-        if any(s % factor for s in x.shape[2:]):
-            raise ValueError(
-                f"RegUNet: spatial size {tuple(x.shape[2:])} must be divisible by {factor}; pad the input "
-                f"(the bundles' inference pads to a multiple of 16)."
-            )
+        check_pair_input(x, "RegUNet", self.dims, self.in_channels, 2**self.levels)
         feats = [x]
         h = x
         for enc in self.encoder:
