@@ -45,8 +45,11 @@ DATASETS = {
     "brain_1mm": (ROOT / "data/prepared/brain/datalist_1mm.json", "test"),
     "brain_2mm": (ROOT / "data/prepared/brain/datalist_2mm.json", "test"),
     "cardiac": (ROOT / "data/prepared/cardiac/datalist.json", "test"),
+    # real OASIS-1 T1 pairs (prepare_data.py oasis_real); no fixed image has labels: image NCC, field and speed only
+    "oasis_1mm": (ROOT / "data/prepared/oasis_real/datalist_1mm.json", "test"),
+    "oasis_2mm": (ROOT / "data/prepared/oasis_real/datalist_2mm.json", "test"),
 }
-SUMMARY = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("sdlogj", "SDlogJ"), ("ndv_percent", "NDV (%)"),
+SUMMARY = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("ncc", "image NCC"), ("sdlogj", "SDlogJ"), ("ndv_percent", "NDV (%)"),
            ("folding_percent", "det J ≤ 0 (%)"), ("seconds", "time (s)"), ("peak_rss_gib", "peak RAM (GiB)"),
            ("speedup_vs_ants", "× faster than ANTs"))  # fmt: skip
 
@@ -230,6 +233,48 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def is_labelled(pair: dict[str, str]) -> bool:
+    """Whether the pair has both label maps (Dice and HD95 are scored only then)."""
+    return bool(pair.get("moving_label")) and bool(pair.get("fixed_label"))
+
+
+def stand_in_labels(pair: dict[str, str], work: Path, pid: str) -> dict[str, str]:
+    """For an unlabelled pair: a copy whose label entries are all-background maps on each image's grid, so every
+    method runs its usual code; the parent scores such pairs on images and fields only."""
+    from common.io.nifti import write_nifti
+
+    out = dict(pair)
+    for side in ("moving", "fixed"):
+        img, aff = read_nifti(pair[f"{side}_image"])
+        path = work / f"{pid}_{side}_nolabel.nii.gz"
+        out[f"{side}_label"] = str(write_nifti(np.zeros(img.shape, np.int16), aff, path))
+    return out
+
+
+def _warp_image(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:
+    import torch
+
+    from common.blocks import warp
+
+    return warp(torch.as_tensor(moving, dtype=torch.float32)[None, None],
+                torch.as_tensor(ddf, dtype=torch.float32)[None])[0, 0].numpy()  # fmt: skip
+
+
+def image_ncc(moving: np.ndarray, fixed: np.ndarray, ddf: np.ndarray) -> float:
+    """Global normalised cross-correlation of the warped moving image and the fixed image over the fixed image's
+    foreground (fixed > 0; the whole image when it has no zero background). ``ddf``: (D, *S) voxels."""
+    if moving.shape != fixed.shape:
+        return float("nan")  # the ddf then targets the moving grid; not scored
+    w = _warp_image(moving, ddf)
+    mask = fixed > 0
+    if mask.sum() < 2 or mask.all():
+        mask = np.ones_like(fixed, dtype=bool)
+    a, b = w[mask].astype(np.float64), fixed[mask].astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
 def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> list[str]:
     import matplotlib
 
@@ -239,35 +284,38 @@ def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> 
     written = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 4))
-    ax.boxplot([[r["dice_mean"] for r in rows if r["method"] == m] for m in methods])
+    # Dice when the pairs are labelled, else image NCC
+    key, name = ("dice_mean", "Dice") if any(np.isfinite(r.get("dice_mean", np.nan)) for r in rows) else ("ncc", "NCC")
+    ax.boxplot([[r[key] for r in rows if r["method"] == m] for m in methods])
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right")
-    ax.set_ylabel("mean Dice per pair")
+    ax.set_ylabel(f"mean {name} per pair" if key == "dice_mean" else "image NCC per pair")
     fig.tight_layout()
-    fig.savefig(out / "dice_boxplot.png", dpi=120)
+    fig.savefig(out / f"{name.lower()}_boxplot.png", dpi=120)
     plt.close(fig)
-    written.append(str(out / "dice_boxplot.png"))
+    written.append(str(out / f"{name.lower()}_boxplot.png"))
     fig, ax = plt.subplots(figsize=(5, 4))
     for m in methods:
         sel = [r for r in rows if r["method"] == m and r.get("seconds")]
         if sel:
-            ax.scatter([r["seconds"] for r in sel], [r["dice_mean"] for r in sel], label=m)
+            ax.scatter([r["seconds"] for r in sel], [r[key] for r in sel], label=m)
     ax.set_xscale("log")
     ax.set_xlabel("registration time per pair (s, log)")
-    ax.set_ylabel("mean Dice")
+    ax.set_ylabel(f"mean {name}" if key == "dice_mean" else "image NCC")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "time_vs_dice.png", dpi=120)
+    fig.savefig(out / f"time_vs_{name.lower()}.png", dpi=120)
     plt.close(fig)
-    written.append(str(out / "time_vs_dice.png"))
+    written.append(str(out / f"time_vs_{name.lower()}.png"))
     if qc:
         n = len(qc["warped"])
         fig, axes = plt.subplots(1, n + 1, figsize=(2.4 * (n + 1), 2.8))
         fixed = qc["fixed"]
         sl = (lambda a: a[:, :, a.shape[2] // 2]) if fixed.ndim == 3 else (lambda a: a)
-        axes[0].imshow(sl(fixed).T, cmap="tab20", interpolation="nearest")
-        axes[0].set_title("fixed labels", fontsize=8)
+        cmap = "tab20" if qc.get("labels", True) else "gray"
+        axes[0].imshow(sl(fixed).T, cmap=cmap, interpolation="nearest")
+        axes[0].set_title("fixed labels" if cmap == "tab20" else "fixed image", fontsize=8)
         for ax, (m, w) in zip(axes[1:], qc["warped"].items()):
-            ax.imshow(sl(w).T, cmap="tab20", interpolation="nearest")
+            ax.imshow(sl(w).T, cmap=cmap, interpolation="nearest")
             ax.contour(sl(fixed).T > 0, [0.5], colors="w", linewidths=0.5)
             ax.set_title(m, fontsize=8)
         for ax in axes:
@@ -287,9 +335,10 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
 
     Args:
         dataset: a built-in datalist (``brain_1mm``, ``brain_2mm``: held-out synthetic pairs from label maps 19/20;
-            ``cardiac``: the phantom test set); ignored when ``datalist`` is given.
-        datalist: JSON with (moving_image, fixed_image, moving_label, fixed_label) entries; a CSV with those columns
-            also works.
+            ``cardiac``: the phantom test set; ``oasis_1mm``, ``oasis_2mm``: the real OASIS-1 T1 pairs of
+            ``prepare_data.py oasis_real``, unlabelled); ignored when ``datalist`` is given.
+        datalist: JSON with (moving_image, fixed_image[, moving_label, fixed_label]) entries; a CSV with those
+            columns also works. Pairs without both label maps are scored on image NCC, the field and speed only.
         section: datalist section.
         methods: comma-separated, see the module docstring.
         out: output folder.
@@ -320,15 +369,20 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     if not pairs:
         raise SystemExit(f"benchmark: {datalist} [{section}] has no pairs.")
     for p in pairs:
-        missing = [k for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if not p.get(k)]
+        missing = [k for k in ("moving_image", "fixed_image") if not p.get(k)]
         if missing:
             raise SystemExit(f"benchmark: {datalist}: entry {p.get('id', p)} lacks {missing}.")
-    dims = read_nifti(pairs[0]["fixed_label"])[0].ndim
+    dims = read_nifti(pairs[0]["fixed_image"])[0].ndim
     todo, notes = resolve_methods(methods, dims, instance_iterations)
-    labels = common_labels(pairs)
+    labelled = [p for p in pairs if is_labelled(p)]
+    labels = common_labels(labelled)
+    if len(labelled) < len(pairs):
+        notes.append(f"{len(pairs) - len(labelled)} of {len(pairs)} pairs lack a moving or fixed label map: "
+                     "Dice and HD95 are not scored on them (image NCC, field and speed are)")  # fmt: skip
     for n in notes:
         print(f"benchmark: {n}")
-    print(f"benchmark: {len(pairs)} pairs, methods {todo}, {len(labels)} labels scored (in every map): {labels}")
+    print(f"benchmark: {len(pairs)} pairs ({len(labelled)} labelled), methods {todo}, {len(labels)} labels scored "
+          f"(in every map): {labels}")  # fmt: skip
     out_dir = Path(out)
     (out_dir / "work").mkdir(parents=True, exist_ok=True)
     from common.metrics import evaluate_registration
@@ -338,12 +392,16 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     for i, pair in enumerate(tqdm(pairs, desc="pairs", unit="pair")):
         pid = pair.get("id") or f"pair_{i:03d}"
         pair_json = out_dir / "work" / f"{pid}.json"
-        pair_json.write_text(json.dumps(pair))
-        fixed_lab, f_aff = read_nifti(pair["fixed_label"], dtype=np.int32)
-        moving_lab, _ = read_nifti(pair["moving_label"], dtype=np.int32)
+        has_labels = is_labelled(pair)
+        child_pair = pair if has_labels else stand_in_labels(pair, out_dir / "work", pid)
+        pair_json.write_text(json.dumps(child_pair))
+        fixed_lab, f_aff = read_nifti(child_pair["fixed_label"], dtype=np.int32)
+        moving_lab, _ = read_nifti(child_pair["moving_label"], dtype=np.int32)
+        fixed_img, _ = read_nifti(pair["fixed_image"])
+        moving_img, _ = read_nifti(pair["moving_image"])
         spacing = tuple(float(v) for v in np.sqrt((f_aff[:dims, :dims] ** 2).sum(0)))
         if i == 0:
-            qc = {"fixed": fixed_lab, "warped": {}}
+            qc = {"fixed": fixed_lab if has_labels else fixed_img, "warped": {}, "labels": has_labels}
         for method in tqdm(todo, desc=pid, unit="method", leave=False):
             res_path = out_dir / "work" / f"{pid}__{method.replace(':', '_')}.npz"
             args = ["one", "--method", method, "--pair_json", str(pair_json), "--out", str(res_path),
@@ -357,16 +415,19 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
                 continue
             with np.load(res_path) as z:
                 ddf, warped, seconds = z["ddf"], z["warped"], float(z["seconds"])
-            m = evaluate_registration(ddf, warped, fixed_lab, spacing, labels=labels or None, moving_labels=moving_lab)
+            # unlabelled pairs: all-background stand-ins, so Dice and HD95 come out nan (not scored)
+            m = evaluate_registration(ddf, warped, fixed_lab, spacing, labels=(labels or None) if has_labels else [],
+                                      moving_labels=moving_lab)  # fmt: skip
             row.update({k: m[k] for k in ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent")})
+            row["ncc"] = image_ncc(moving_img, fixed_img, ddf)
             row["seconds"] = round(seconds, 3)
             row["dice_per_label"] = json.dumps({str(k): round(float(v), 4) for k, v in m["dice_per_label"].items()})
             rows.append(row)
             if qc is not None and i == 0:
-                qc["warped"][method] = warped
+                qc["warped"][method] = warped if has_labels else _warp_image(moving_img, ddf)
     speed_ratios(rows)
     ok = [r for r in rows if "error" not in r]
-    fields = ["pair", "method", "dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent", "seconds",
+    fields = ["pair", "method", "dice_mean", "hd95_mean", "ncc", "sdlogj", "ndv_percent", "folding_percent", "seconds",
               "wall_s", "peak_rss_gib", "speedup_vs_ants", "error", "dice_per_label"]  # fmt: skip
     with atomic_path(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")

@@ -81,6 +81,39 @@ def test_run_on_tiny_pairs_writes_table_csv_and_plots(tmp_path):
         assert (out / png).stat().st_size > 1000
 
 
+def test_unlabelled_pairs_are_scored_on_image_ncc_and_fields(tmp_path):
+    # like the real OASIS pairs: images only; Dice/HD95 are not scored, image NCC must show the registration
+    pairs = [_disc_pair(tmp_path, 0, 3.0)]
+    for key in ("moving_label", "fixed_label"):
+        pairs[0].pop(key)
+    dl = tmp_path / "pairs.json"
+    dl.write_text(json.dumps({"test": pairs}))
+    out = tmp_path / "bench"
+    benchmark.run(datalist=str(dl), methods="zero,classic", out=str(out), timeout=600)
+    by = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert not any(r["error"] for r in by.values()), by
+    assert by["zero"]["dice_mean"] == "nan" and by["classic"]["hd95_mean"] == "nan"
+    zero, classic = float(by["zero"]["ncc"]), float(by["classic"]["ncc"])
+    assert 0.0 < zero < 0.97 and classic > zero + 0.01, (zero, classic)
+    assert float(by["classic"]["folding_percent"]) < 1.0
+    text = (out / "summary.md").read_text()
+    assert "lack a moving or fixed label map" in text and "image NCC" in text
+    for png in ("ncc_boxplot.png", "time_vs_ncc.png", "qc_montage.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_image_ncc_is_one_for_identical_images_and_follows_the_field():
+    g = np.meshgrid(*(np.arange(24.0),) * 3, indexing="ij")
+    fixed = np.exp(-((g[0] - 12) ** 2 + (g[1] - 12) ** 2 + (g[2] - 12) ** 2) / 30.0).astype(np.float32) + 0.1
+    moving = np.roll(fixed, 2, axis=0)  # moving(x) = fixed(x - 2): pull-back ddf +2 along axis 0 undoes it
+    zero = np.zeros((3, 24, 24, 24), np.float32)
+    assert benchmark.image_ncc(fixed, fixed, zero) == pytest.approx(1.0)
+    shift = zero.copy()
+    shift[0] = 2.0
+    assert benchmark.image_ncc(moving, fixed, shift) > 0.99 > benchmark.image_ncc(moving, fixed, zero)
+    assert benchmark.image_ncc(moving, fixed, -shift) < benchmark.image_ncc(moving, fixed, zero)
+
+
 def test_instance_optimisation_methods_are_parsed_expanded_and_forwarded(monkeypatch, tmp_path):
     assert benchmark.split_bundle_method("bundle:brain_mri_prob_diffeo+io50") == ("brain_mri_prob_diffeo", 50)
     assert benchmark.split_bundle_method("bundle:brain_mri_hybrid_loss") == ("brain_mri_hybrid_loss", 0)
