@@ -261,18 +261,13 @@ def _warp_image(moving: np.ndarray, ddf: np.ndarray) -> np.ndarray:
 
 
 def image_ncc(moving: np.ndarray, fixed: np.ndarray, ddf: np.ndarray) -> float:
-    """Global normalised cross-correlation of the warped moving image and the fixed image over the fixed image's
-    foreground (fixed > 0; the whole image when it has no zero background). ``ddf``: (D, *S) voxels."""
+    """:func:`common.metrics.global_ncc` of the warped moving image and the fixed image (the ``ncc_after`` of a
+    bundle's ``metrics.json``). ``ddf``: (D, *S) voxels."""
+    from common.metrics import global_ncc
+
     if moving.shape != fixed.shape:
         return float("nan")  # the ddf then targets the moving grid; not scored
-    w = _warp_image(moving, ddf)
-    mask = fixed > 0
-    if mask.sum() < 2 or mask.all():
-        mask = np.ones_like(fixed, dtype=bool)
-    a, b = w[mask].astype(np.float64), fixed[mask].astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    return global_ncc(_warp_image(moving, ddf), fixed)
 
 
 def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> list[str]:

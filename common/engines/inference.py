@@ -34,6 +34,7 @@ from common.blocks import one_hot
 from common.engines.geometry import ddf_to_fixed_grid, network_grid, resample_to_grid, warp_to_fixed
 from common.engines.registration import PredToDDF
 from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
+from common.metrics.similarity import global_ncc
 
 __all__ = [
     "normalise_intensity",
@@ -195,11 +196,6 @@ def _pair_name(paths: dict[str, str], pair_id: str | None = None) -> str:
     return f"{stem(paths['moving_image'])}_to_{stem(paths['fixed_image'])}"
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
-
-
 class SaveRegistrationOutputsd(Transform):
     """Evaluator postprocessing (decollated items): map the field to the fixed grid and write every output.
 
@@ -297,8 +293,8 @@ class SaveRegistrationOutputsd(Transform):
         fixed_shape = tuple(int(s) for s in geo["fixed_shape"])
         written = {"warped_image": str(write_nifti(warped, _as4(geo["fixed_affine"]), out / "warped.nii.gz"))}
         metrics: dict[str, Any] = {
-            "ncc_before": _ncc(unwarped, fixed),
-            "ncc_after": _ncc(warped, fixed),
+            "ncc_before": global_ncc(unwarped, fixed),
+            "ncc_after": global_ncc(warped, fixed),
             "sdlogj": float(sdlogj(ddf[0].numpy())),
         }
         metrics["percent_folding"] = folding = float(percent_folding(ddf[0].numpy()))
@@ -392,7 +388,7 @@ class SaveRegistrationOutputsd(Transform):
                 write_itk_displacement(inv, geo["moving_affine"], out / "inverse_displacement_itk.nii.gz")
             ),
         }
-        metrics["ncc_inverse_after"] = _ncc(warped_fixed, moving_arr)
+        metrics["ncc_inverse_after"] = global_ncc(warped_fixed, moving_arr)
         metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy()))
         metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy()))
         if paths.get("moving_label") and paths.get("fixed_label"):

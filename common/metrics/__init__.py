@@ -1,4 +1,5 @@
-"""Registration metrics with the Learn2Reg definitions: Dice, HD95, ASSD, SDlogJ, NDV, % folding, TRE.
+"""Registration metrics with the Learn2Reg definitions: Dice, HD95, ASSD, SDlogJ, NDV, % folding, TRE;
+global NCC of the images.
 
 Primary type: NumPy. Every metric accepts ``numpy.ndarray`` or ``torch.Tensor`` inputs (tensors are
 detached and moved to the CPU) and returns Python floats, dicts or NumPy arrays; they are evaluation
@@ -19,12 +20,14 @@ from common.metrics.jacobian import (
 )
 from common.metrics.landmarks import tre
 from common.metrics.overlap import dice_per_label, mean_dice, present_labels, relabel_consecutive
+from common.metrics.similarity import global_ncc
 from common.metrics.surface import assd, hd95, mean_hd95, surface_distances
 
 __all__ = [
     "assd",
     "dice_per_label",
     "evaluate_registration",
+    "global_ncc",
     "hd95",
     "jacobian_determinant",
     "mean_dice",
