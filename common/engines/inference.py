@@ -18,9 +18,11 @@ Flow for each pair (any orientation/spacing; see :mod:`common.engines.geometry`)
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +32,13 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Transform
 
-from common.blocks import one_hot
-from common.engines.geometry import ddf_to_fixed_grid, network_grid, resample_to_grid, warp_to_fixed
+from common.engines.geometry import (
+    ddf_to_fixed_grid,
+    network_grid,
+    resample_to_grid,
+    warp_labels_to_fixed,
+    warp_to_fixed,
+)
 from common.engines.registration import PredToDDF
 from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
 from common.metrics.similarity import global_ncc
@@ -196,6 +203,25 @@ def _pair_name(paths: dict[str, str], pair_id: str | None = None) -> str:
     return f"{stem(paths['moving_image'])}_to_{stem(paths['fixed_image'])}"
 
 
+def fix_malloc_mmap_threshold(nbytes: int = 4 << 20) -> bool:
+    """glibc only: serve every allocation >= ``nbytes`` by ``mmap`` so it goes back to the OS when freed.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which the 27 MB
+    volumes of a 1 mm brain come from the heap and freed ones stay resident; writing the outputs of one
+    1 mm pair then ratchets the process to about 0.2 GB more than it ever holds at once. A fixed threshold
+    (what ``MALLOC_MMAP_THRESHOLD_`` sets) stops that. Left alone when that variable is set or on other C
+    libraries. Returns whether the setting was applied.
+    """
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, int(nbytes)))
+
+
 class SaveRegistrationOutputsd(Transform):
     """Evaluator postprocessing (decollated items): map the field to the fixed grid and write every output.
 
@@ -241,6 +267,7 @@ class SaveRegistrationOutputsd(Transform):
         self.extra_outputs, self.qc_extra, self.inverse_to_ddf = extra_outputs, qc_extra, inverse_to_ddf
         self.extra_files = extra_files
         self._written: set[str] = set()
+        fix_malloc_mmap_threshold()  # inference only: fewer 1 mm volumes left resident (see the function)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
@@ -300,9 +327,9 @@ class SaveRegistrationOutputsd(Transform):
         metrics["percent_folding"] = folding = float(percent_folding(ddf[0].numpy()))
         metrics["folding_voxels"] = int(round(folding * ddf[0, 0].numel() / 100.0))
         if paths.get("moving_label"):
-            codes, oh = _read_onehot(paths["moving_label"], dims)
-            soft = warp_to_fixed(oh, geo["moving_affine"], ddf, geo["fixed_affine"])
-            warped_labels = codes[soft.argmax(1)[0].numpy()].astype(np.int32)
+            moving_labels, _ = read_nifti(paths["moving_label"], ndim=dims, dtype=None)
+            warped_labels = warp_labels_to_fixed(moving_labels, geo["moving_affine"], ddf, geo["fixed_affine"])
+            warped_labels = warped_labels.astype(np.int32)
             written["warped_label"] = str(
                 write_nifti(
                     warped_labels,
@@ -313,11 +340,9 @@ class SaveRegistrationOutputsd(Transform):
             if paths.get("fixed_label"):
                 fixed_labels, _ = read_nifti(paths["fixed_label"], ndim=dims, dtype=None)
                 fixed_labels = np.rint(fixed_labels).astype(np.int64)
-                before = codes[
-                    warp_to_fixed(oh, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"])
-                    .argmax(1)[0]
-                    .numpy()
-                ]
+                before = warp_labels_to_fixed(
+                    moving_labels, geo["moving_affine"], None, geo["fixed_affine"], fixed_shape=fixed_shape
+                )
                 d_after = dice_per_label(warped_labels, fixed_labels)
                 d_before = dice_per_label(before, fixed_labels)
                 metrics["dice_before"] = (
@@ -392,9 +417,9 @@ class SaveRegistrationOutputsd(Transform):
         metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy()))
         metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy()))
         if paths.get("moving_label") and paths.get("fixed_label"):
-            codes, oh = _read_onehot(paths["fixed_label"], dims)
-            soft = warp_to_fixed(oh, geo["fixed_affine"], inv, geo["moving_affine"])
-            warped_labels = codes[soft.argmax(1)[0].numpy()].astype(np.int32)
+            fixed_labels, _ = read_nifti(paths["fixed_label"], ndim=dims, dtype=None)
+            warped_labels = warp_labels_to_fixed(fixed_labels, geo["fixed_affine"], inv, geo["moving_affine"])
+            warped_labels = warped_labels.astype(np.int32)
             written["warped_fixed_label"] = str(
                 write_nifti(warped_labels, moving_aff, out / "warped_fixed_label.nii.gz")
             )
@@ -402,15 +427,6 @@ class SaveRegistrationOutputsd(Transform):
             values = _dice_values(dice_per_label(warped_labels, np.rint(moving_labels).astype(np.int64)))
             metrics["dice_inverse_after"] = float(np.mean(values)) if values else None
         return written
-
-
-def _read_onehot(path: str, dims: int) -> tuple[np.ndarray, torch.Tensor]:
-    """Label codes present in a map and its one-hot ``(1, K, *S)`` float tensor (index ``i`` = ``codes[i]``)."""
-    labels, _ = read_nifti(path, ndim=dims, dtype=None)
-    labels = np.rint(labels).astype(np.int64)
-    codes = np.unique(labels)
-    idx = np.searchsorted(codes, labels)
-    return codes, one_hot(torch.as_tensor(idx)[None, None], len(codes), dtype=torch.float32)
 
 
 def _as4(aff: np.ndarray) -> np.ndarray:

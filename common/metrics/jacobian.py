@@ -25,22 +25,32 @@ __all__ = [
 _Offsets = tuple[tuple[int, ...], tuple[int, ...]]
 
 
-def _central_det(u: np.ndarray, caller: str) -> np.ndarray:
+def _central_det(u: np.ndarray, caller: str, slab: int = 16) -> np.ndarray:
     """Central-difference ``det(I + grad u)`` of a validated ``(D, *S)`` float64 field.
 
     Same scheme as :func:`common.blocks.jacobian.jacobian_matrix` (central differences inside, first-order
     one-sided at the edge; a test pins the equality) but with ``np.gradient`` and an explicit determinant:
     on a 160x224x192 field this takes ~3 s instead of ~8 s with ``torch.gradient`` + ``torch.linalg.det``.
+    The field is processed in slabs of ``slab`` slices along axis 0, each with a one-slice halo, so the
+    result is identical to the whole-volume computation while the D x D gradient arrays exist for one slab
+    only (about 0.5 GB less at 1 mm brain size).
     """
     dims = u.shape[0]
     if min(u.shape[1:]) < 2:
         raise ValueError(f"{caller}: `ddf` needs at least 2 voxels along every axis, got grid {u.shape[1:]}.")
-    cols = []
-    for j in range(dims):  # column j = d phi / d x_j
-        col = np.stack([np.gradient(u[k], axis=j) for k in range(dims)])
-        col[j] += 1.0
-        cols.append(col)
-    return _det(cols)
+    n = u.shape[1]
+    out = np.empty(u.shape[1:], dtype=np.float64)
+    for a in range(0, n, slab):
+        b = min(a + slab, n)
+        lo, hi = max(a - 1, 0), min(b + 1, n)  # halo: central differences at the slab's own edges
+        block = u[:, lo:hi]
+        cols = []
+        for j in range(dims):  # column j = d phi / d x_j
+            col = np.stack([np.gradient(block[k], axis=j) for k in range(dims)])
+            col[j] += 1.0
+            cols.append(col)
+        out[a:b] = _det(cols)[a - lo : a - lo + (b - a)]
+    return out
 
 
 def jacobian_determinant(ddf: Any) -> np.ndarray:

