@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,16 +78,21 @@ def _bundle_result(bundle: Path, pair: dict[str, str], device: str,
     from common.engines.bundle import run_bundle
 
     extra = {"instance_iterations": instance_iterations} if instance_iterations else {}
+    # an unlabelled pair's all-background stand-in is not given to the bundle (it rejects empty label maps)
+    if not pair.get("labels_stand_in"):
+        extra["moving_label"] = pair["moving_label"]
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         t0 = time.perf_counter()
         # no fixed_label: the bundle would also score the pair; the parent scores every method the same way
         run_bundle(bundle, "inference", "infer", moving=pair["moving_image"], fixed=pair["fixed_image"],
-                   moving_label=pair["moving_label"], output_dir=tmp, device=device,
-                   overwrite=True, **extra)  # fmt: skip
+                   output_dir=tmp, device=device, overwrite=True, **extra)  # fmt: skip
         seconds = time.perf_counter() - t0
         (d,) = [p for p in Path(tmp).iterdir() if p.is_dir()]
         fixed, _ = read_nifti(pair["fixed_label"], dtype=np.int32)
-        warped, _ = read_nifti(d / "warped_label.nii.gz", ndim=fixed.ndim, dtype=np.int32)
+        if "moving_label" in extra:
+            warped, _ = read_nifti(d / "warped_label.nii.gz", ndim=fixed.ndim, dtype=np.int32)
+        else:
+            warped = np.zeros_like(fixed)
         disp, _ = read_nifti(d / "disp.nii.gz", ndim=fixed.ndim + 1)
     return np.moveaxis(disp, -1, 0), warped, seconds
 
@@ -233,6 +239,17 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def error_line(stderr: str) -> str:
+    """The line of a child's stderr that names the problem: the first ``SomeError: ...`` line (in a chained
+    traceback the root cause comes first; MONAI's bundle runner wraps it in ``RuntimeError: Failed to evaluate``),
+    else the last line."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*:", ln) and "Failed to evaluate" not in ln:
+            return ln
+    return lines[-1] if lines else "(no error output)"
+
+
 def is_labelled(pair: dict[str, str]) -> bool:
     """Whether the pair has both label maps (Dice and HD95 are scored only then)."""
     return bool(pair.get("moving_label")) and bool(pair.get("fixed_label"))
@@ -243,7 +260,7 @@ def stand_in_labels(pair: dict[str, str], work: Path, pid: str) -> dict[str, str
     method runs its usual code; the parent scores such pairs on images and fields only."""
     from common.io.nifti import write_nifti
 
-    out = dict(pair)
+    out = {**pair, "labels_stand_in": True}
     for side in ("moving", "fixed"):
         img, aff = read_nifti(pair[f"{side}_image"])
         path = work / f"{pid}_{side}_nolabel.nii.gz"
@@ -405,7 +422,7 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
             row: dict[str, Any] = {"pair": pid, "method": method, "wall_s": round(wall, 2),
                                    "peak_rss_gib": round(peak, 3)}  # fmt: skip
             if code != 0 or not res_path.is_file():
-                print(f"benchmark: {method} failed on {pid} (exit {code}): {err.strip().splitlines()[-1:]}")
+                print(f"benchmark: {method} failed on {pid} (exit {code}): {error_line(err)}")
                 rows.append({**row, "error": f"exit {code}"})
                 continue
             with np.load(res_path) as z:

@@ -89,17 +89,39 @@ def test_unlabelled_pairs_are_scored_on_image_ncc_and_fields(tmp_path):
     dl = tmp_path / "pairs.json"
     dl.write_text(json.dumps({"test": pairs}))
     out = tmp_path / "bench"
-    benchmark.run(datalist=str(dl), methods="zero,classic", out=str(out), timeout=600)
+    # bundles too: the all-background stand-in labels must not reach them (a bundle rejects empty label maps)
+    benchmark.run(datalist=str(dl), methods="zero,classic,bundles", out=str(out), timeout=600)
     by = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert "bundle:cardiac_cine_ngf_bspline" in by, by.keys()
     assert not any(r["error"] for r in by.values()), by
     assert by["zero"]["dice_mean"] == "nan" and by["classic"]["hd95_mean"] == "nan"
+    assert by["bundle:cardiac_cine_ngf_bspline"]["dice_mean"] == "nan"
     zero, classic = float(by["zero"]["ncc"]), float(by["classic"]["ncc"])
     assert 0.0 < zero < 0.97 and classic > zero + 0.01, (zero, classic)
+    assert float(by["bundle:cardiac_cine_ngf_bspline"]["ncc"]) > zero, by
     assert float(by["classic"]["folding_percent"]) < 1.0
     text = (out / "summary.md").read_text()
     assert "lack a moving or fixed label map" in text and "image NCC" in text
     for png in ("ncc_boxplot.png", "time_vs_ncc.png", "qc_montage.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_a_failed_child_reports_the_root_error_not_the_bundle_runner_wrapper():
+    err = """Traceback (most recent call last):
+  File "x.py", line 1, in <module>
+common.io.nifti.ImageReadError: /data/m_seg.nii.gz: label map is empty (all background).
+
+The above exception was the direct cause of the following exception:
+
+RuntimeError: applying transform <LoadRegistrationPaird>
+RuntimeError: Failed to evaluate ConfigExpression:
+"$__local_refs['evaluator'].run()"
+"""
+    assert benchmark.error_line(err) == (
+        "common.io.nifti.ImageReadError: /data/m_seg.nii.gz: label map is empty (all background)."
+    )
+    assert benchmark.error_line("Killed\n") == "Killed"
+    assert benchmark.error_line("") == "(no error output)"
 
 
 def test_image_ncc_is_one_for_identical_images_and_follows_the_field():
