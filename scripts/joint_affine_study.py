@@ -55,6 +55,19 @@ def _per_label(summary: Path, methods: dict[str, str], names: dict[str, str]) ->
     return out
 
 
+def checkpoint_path(run: Path, checkpoint: str = "best") -> Path:
+    """``run/checkpoints/best_model.pt`` for ``best``, ``run/checkpoints/latest_checkpoint_epoch=N.pt`` for ``epoch=N``."""
+    if checkpoint == "best":
+        path = run / "checkpoints" / "best_model.pt"
+    elif checkpoint.startswith("epoch=") and checkpoint[6:].isdigit():
+        path = run / "checkpoints" / f"latest_checkpoint_{checkpoint}.pt"
+    else:
+        raise SystemExit(f"joint_affine_study: --checkpoint must be 'best' or 'epoch=N', got {checkpoint!r}.")
+    if not path.is_file():
+        raise SystemExit(f"joint_affine_study: {path}: no such checkpoint for variant '{run.name}'.")
+    return path
+
+
 def main(
     runs: str = str(Path.home() / ".cache" / "monai-reg-zoo" / "runs" / "joint_affine"),
     datalist: str = "data/prepared/brain/datalist_misaligned_2mm.json",
@@ -62,8 +75,14 @@ def main(
     out: str = "outputs/joint_affine_study",
     variants: str = "full,noanat,noaffine",
     device: str = "cpu",
+    checkpoint: str = "best",
 ) -> str:
-    """Evaluate every variant's best checkpoint and write ``<out>/study.md`` with the tables."""
+    """Evaluate every variant's checkpoint and write ``<out>/study.md`` with the tables.
+
+    ``checkpoint``: ``best`` (``best_model.pt``, the best validation Dice of the run) or ``epoch=N`` (the trainer's
+    ``latest_checkpoint_epoch=N.pt``), e.g. to compare variants at the same number of iterations when one of them
+    (the shipped ``full``) was trained longer.
+    """
     import evaluate_bundle
 
     out_dir = Path(out).resolve()
@@ -73,9 +92,7 @@ def main(
     res: dict[str, list[dict[str, float]]] = {}
     summaries: dict[str, Path] = {}
     for name in names:
-        ckpt = Path(runs) / name / "checkpoints" / "best_model.pt"
-        if not ckpt.is_file():
-            raise SystemExit(f"joint_affine_study: {ckpt}: no best checkpoint for variant '{name}'.")
+        ckpt = checkpoint_path(Path(runs) / name, checkpoint)
         overrides = {"network_def#use_affine": False} if name == "noaffine" else None
         summaries[name] = Path(evaluate_bundle.main(
             bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name), ckpt=str(ckpt),
@@ -83,7 +100,7 @@ def main(
             overrides=overrides))  # fmt: skip
         res[name] = method_rows(summaries[name], "bundle")
     part = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / "full_affine_part"),
-                                ckpt=str(Path(runs) / "full" / "checkpoints" / "best_model.pt"), device=device,
+                                ckpt=str(checkpoint_path(Path(runs) / "full", checkpoint)), device=device,
                                 affine=False, overrides={"component": "affine"})  # fmt: skip
     base = {m: method_rows(summaries["full"], m) for m in ("zero", "affine", "ants_affine")}
 
@@ -93,6 +110,7 @@ def main(
     meta = json.loads(Path(datalist).read_text())
     draws = [e.get("misalignment", {}) for e in meta.get(section, [])]
     parts = [
+        f"Checkpoints: {checkpoint} of each variant's run in {runs}. "
         f"Held-out pairs: {section} of {datalist} ({len(draws)} pairs, each moving image with its own random affine "
         "misalignment); mean ± sd over pairs. Metrics on the fixed image's grid. s / pair: the registration call "
         "for ITK/ANTs; the whole bundle inference (reading, resampling, network, writing every output) for the "

@@ -104,3 +104,21 @@ def test_a_failing_affine_export_leaves_no_half_written_pair_folder(tmp_path, mo
     assert any("No space left on device" in m for m in chain)
     out = tmp_path / "total"
     assert not out.exists() or not [p for p in out.iterdir() if p.name != "summary.csv"]
+
+
+def test_study_checkpoint_choice_names_the_file_and_rejects_bad_values(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from joint_affine_study import checkpoint_path
+
+    ck = tmp_path / "noanat" / "checkpoints"
+    ck.mkdir(parents=True)
+    (ck / "best_model.pt").write_bytes(b"x")
+    (ck / "latest_checkpoint_epoch=40.pt").write_bytes(b"x")
+    assert checkpoint_path(tmp_path / "noanat") == ck / "best_model.pt"
+    assert checkpoint_path(tmp_path / "noanat", "epoch=40") == ck / "latest_checkpoint_epoch=40.pt"
+    with pytest.raises(SystemExit, match="epoch=60.pt: no such checkpoint for variant 'noanat'"):
+        checkpoint_path(tmp_path / "noanat", "epoch=60")
+    with pytest.raises(SystemExit, match="'best' or 'epoch=N'"):
+        checkpoint_path(tmp_path / "noanat", "last")
