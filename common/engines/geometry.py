@@ -128,7 +128,7 @@ def _affine_coords(mapping: np.ndarray, shape: Sequence[int], ddf: torch.Tensor 
                     continue
                 acc.add_(axes[j], alpha=c)
                 if ddf is not None:
-                    acc.add_(ddf[b, j].to(torch.float64), alpha=c)
+                    acc.add_(ddf[b, j], alpha=c)  # promoted to float64 element-wise, no converted copy
     return out
 
 

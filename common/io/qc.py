@@ -130,7 +130,7 @@ def save_qc_figure(
     # explicit determinant in NumPy slabs (common.metrics): a fraction of the memory of torch.linalg.det
     jac = jacobian_determinant(u[0].numpy())
     fold_pct = 100.0 * float((jac <= 0).mean())
-    jac = np.where(jac <= 0, min(float(jac.min()), -1e-6), jac).astype(np.float32)  # keep folds <= 0 in float32
+    jac = jac.astype(np.float32)  # display only (the sign survives the cast; fold_pct is from float64)
     u = u[0].numpy().astype(np.float32)
 
     both = np.concatenate([f.ravel(), imgs["moving"].ravel()])
