@@ -2,13 +2,15 @@
 # Train the ablation variants of a bundle, one after another (resumable: rerun to continue).
 # Usage: scripts/train_variants.sh BUNDLE VARIANT [VARIANT ...]
 #   prob_diffeo  (bundles/brain_mri_prob_diffeo, Dalca et al. 2018):  full | diag | unidir | seg
-#   joint_affine (bundles/brain_mri_joint_affine, Zhu et al. 2020):    full | noaffine | noanat
+#   joint_affine (bundles/brain_mri_joint_affine, Zhu et al. 2020):    affine_pretrain | full | noaffine | noanat
+#     (affine_pretrain: the affine part alone (u = 0), the first stage; full and noanat start from its
+#      newest checkpoint, so run it first: scripts/train_variants.sh joint_affine affine_pretrain full)
 #   lumir_cascade (bundles/brain_mri_lumir_cascade, Zhang et al. 2024): backbone | bf | ca | lk | lc2
 #     (the paper's Table 2 rows, each adding one switch: bilateral filter, co-attention, large kernels,
 #      large channels + two cascade steps per level)
 # Each variant trains from scratch with the same seed, data and schedule; runs go to $RUNS/<variant>
 # (default ~/.cache/monai-reg-zoo/runs/<run set of the bundle>/). MAX_EPOCHS=N overrides the config's
-# schedule, also when resuming.
+# schedule, also when resuming (PRETRAIN_EPOCHS=N that of joint_affine's affine_pretrain, default 30).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
@@ -16,19 +18,28 @@ bundle="${1:?usage: scripts/train_variants.sh BUNDLE VARIANT [VARIANT ...]}"
 shift
 case "$bundle" in
   prob_diffeo) dir=brain_mri_prob_diffeo; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/prob_diffeo_v2}" ;;
-  joint_affine) dir=brain_mri_joint_affine; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/joint_affine}" ;;
+  joint_affine) dir=brain_mri_joint_affine; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/joint_affine_v2}" ;;
   lumir_cascade) dir=brain_mri_lumir_cascade; RUNS="${RUNS:-$HOME/.cache/monai-reg-zoo/runs/lumir_cascade}" ;;
   *) echo "unknown bundle: $bundle (prob_diffeo | joint_affine | lumir_cascade)" >&2; exit 2 ;;
 esac
 cd "$ROOT/bundles/$dir"
+pretrained() {  # newest checkpoint of the joint_affine first stage
+  local ckpt
+  ckpt="$(ls -t "$1"/affine_pretrain/checkpoints/latest*.pt 2>/dev/null | head -n 1)"
+  [ -n "$ckpt" ] || { echo "no affine_pretrain checkpoint under $1: run the affine_pretrain variant first" >&2; exit 2; }
+  echo "$ckpt"
+}
 for variant in "$@"; do
+  epochs="${MAX_EPOCHS:-}"
   case "$bundle/$variant" in
+    joint_affine/full) init="$(pretrained "$RUNS")"; extra=(--init_checkpoint "$init") ;;
     */full) extra=() ;;
     prob_diffeo/diag) extra=(--smoothing_sigma 0.0) ;;
     prob_diffeo/unidir) extra=(--bidirectional False) ;;
     prob_diffeo/seg) extra=(--seg_weight 1.0) ;;
+    joint_affine/affine_pretrain) epochs="${PRETRAIN_EPOCHS:-30}"; extra=(--network_def#use_deformable False --smooth_weight 0.0) ;;
     joint_affine/noaffine) extra=(--network_def#use_affine False --affine_weight 0.0) ;;
-    joint_affine/noanat) extra=(--anat_weight 0.0) ;;
+    joint_affine/noanat) init="$(pretrained "$RUNS")"; extra=(--anat_weight 0.0 --init_checkpoint "$init") ;;
     lumir_cascade/*)
       bf=False ca=False lk=False fc=16 steps=1
       case "$variant" in
@@ -44,5 +55,5 @@ for variant in "$@"; do
   esac
   mkdir -p "$RUNS/$variant"
   "$PY" -m monai.bundle run --config_file configs/train.json --logging_file configs/logging.conf \
-    --output_dir "$RUNS/$variant" ${MAX_EPOCHS:+--max_epochs "$MAX_EPOCHS"} "${extra[@]}" >>"$RUNS/$variant/train.log" 2>&1
+    --output_dir "$RUNS/$variant" ${epochs:+--max_epochs "$epochs"} "${extra[@]}" >>"$RUNS/$variant/train.log" 2>&1
 done

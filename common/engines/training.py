@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "latest_checkpoint",
     "export_state_dict",
     "load_state_dict_safely",
+    "init_from_checkpoint",
 ]
 
 
@@ -223,3 +224,43 @@ def export_state_dict(checkpoint: str | os.PathLike, out: str | os.PathLike, key
     with atomic_path(out) as tmp:
         torch.save(state, tmp)
     return Path(out)
+
+
+def init_from_checkpoint(
+    network: torch.nn.Module,
+    path: str | os.PathLike | None,
+    key: str | None = "model",
+    allow_missing: Sequence[str] = (),
+) -> torch.nn.Module:
+    """Initialise ``network`` from the weights of another run (e.g. a pre-training stage); return ``network``.
+
+    ``path`` None (or "") leaves the network as it is. Every tensor of the checkpoint must match a parameter or
+    buffer of ``network`` in name and shape; parameters of ``network`` the checkpoint lacks are allowed only
+    when their names start with one of ``allow_missing`` (e.g. the decoder that a pre-training stage did not
+    have), and keep their fresh initialisation. A checkpoint of a different network therefore fails with the
+    file and the offending names instead of half-loading. Resuming (:class:`ResumeFromLatest`) overrides this:
+    it loads after the network is built.
+
+    Raises:
+        FileNotFoundError / ValueError: missing or unsafe file (:func:`load_state_dict_safely`), unknown or
+            mis-shaped tensors, or missing tensors outside ``allow_missing``.
+    """
+    if path is None or str(path) == "":
+        return network
+    state = load_state_dict_safely(path, key)
+    own = network.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                    for k in state if k in own and state[k].shape != own[k].shape)  # fmt: skip
+    missing = sorted(k for k in own if k not in state and not any(k.startswith(p) for p in allow_missing))
+    problems = []
+    if unknown:
+        problems.append(f"tensors the network does not have: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    if shapes:
+        problems.append(f"shape mismatch: {', '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
+    if missing:
+        problems.append(f"network tensors the checkpoint lacks: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if problems:
+        raise ValueError(f"{path}: cannot initialise {type(network).__name__} from it; " + "; ".join(problems) + ".")
+    network.load_state_dict(state, strict=False)
+    return network

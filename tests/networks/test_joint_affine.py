@@ -205,3 +205,51 @@ class _NoTracerWarning:
         self._ctx.__exit__(*exc)
         tracer = [w for w in self._log if issubclass(w.category, torch.jit.TracerWarning)]
         assert not tracer, [str(w.message) for w in tracer]
+
+
+def test_instance_norm_gives_the_same_result_in_train_and_eval_mode_and_per_pair():
+    torch.manual_seed(0)
+    net = JointAffineDeformNet(2, **SMALL)
+    assert not any("running" in k for k in net.state_dict())
+    x = torch.rand(2, 2, 32, 32)
+    with torch.no_grad():
+        net.train()
+        train_out = net(x)
+        net.eval()
+        eval_out = net(x)
+        alone = net(x[1:])
+    assert torch.allclose(train_out, eval_out, atol=1e-6)
+    assert torch.allclose(eval_out[1:], alone, atol=1e-5)  # a pair's result does not depend on its batch
+    # v0.1 batch norm: eval mode uses running statistics, which differ from one pair's own statistics
+    old = JointAffineDeformNet(2, norm="batch", **SMALL)
+    assert any("running_mean" in k for k in old.state_dict())
+    with torch.no_grad():
+        old.train()
+        old(x * 3 + 1)
+        old.eval()
+        a = old.encoder(x)[-1]
+        old.train()
+        b = old.encoder(x)[-1]
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+def test_moment_pooling_sees_where_features_are():
+    net = JointAffineDeformNet(2, affine_pooling="moments", use_deformable=False, **SMALL)
+    assert net.affine_head.in_features == 8 * 3
+    feats = torch.zeros(1, 8, 4, 5)
+    feats[0, 0, 0, :] = 1.0  # first row (normalised coordinate -1 along axis 0)
+    pooled = net._pool(feats)
+    assert pooled.shape == (1, 24)
+    assert math.isclose(float(pooled[0, 0]), 0.25)  # mean
+    assert math.isclose(float(pooled[0, 8]), -0.25)  # mean of feature x axis-0 coordinate
+    assert abs(float(pooled[0, 16])) < 1e-7  # centred along axis 1
+    mean_only = JointAffineDeformNet(2, use_deformable=False, **SMALL)
+    flipped = feats.flip(2)
+    assert torch.equal(mean_only._pool(feats), mean_only._pool(flipped))  # the mean cannot tell them apart
+    assert not torch.equal(net._pool(feats), net._pool(flipped))
+
+
+@pytest.mark.parametrize("kwargs, match", [({"norm": "group"}, "norm must be"), ({"affine_pooling": "max"}, "affine_pooling must be")])
+def test_bad_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        JointAffineDeformNet(2, **{**SMALL, **kwargs})
