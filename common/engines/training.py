@@ -255,11 +255,15 @@ def init_from_checkpoint(
     missing = sorted(k for k in own if k not in state and not any(k.startswith(p) for p in allow_missing))
     problems = []
     if unknown:
-        problems.append(f"tensors the network does not have: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        problems.append(
+            f"tensors the network does not have: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
+        )
     if shapes:
         problems.append(f"shape mismatch: {', '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
     if missing:
-        problems.append(f"network tensors the checkpoint lacks: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        problems.append(
+            f"network tensors the checkpoint lacks: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     if problems:
         raise ValueError(f"{path}: cannot initialise {type(network).__name__} from it; " + "; ".join(problems) + ".")
     network.load_state_dict(state, strict=False)

@@ -80,7 +80,9 @@ def _down(dims: int, c: int, norm: str = "batch") -> Convolution:
 
 
 def _up(dims: int, cin: int, cout: int, norm: str = "batch") -> Convolution:
-    return Convolution(dims, cin, cout, strides=2, kernel_size=3, act=_LEAKY, norm=_norm_layer(norm), is_transposed=True)
+    return Convolution(
+        dims, cin, cout, strides=2, kernel_size=3, act=_LEAKY, norm=_norm_layer(norm), is_transposed=True
+    )
 
 
 @contextlib.contextmanager

@@ -40,7 +40,9 @@ def test_copies_encoder_and_head_and_keeps_fresh_decoder(tmp_path):
 def test_refuses_missing_tensors_outside_allow_list(tmp_path):
     _, path = _affine_stage(tmp_path)
     full = JointAffineDeformNet(2, **SMALL)
-    with pytest.raises(ValueError, match=r"stage1\.pt.*checkpoint lacks: dec_blocks|stage1\.pt.*checkpoint lacks: dilated"):
+    with pytest.raises(
+        ValueError, match=r"stage1\.pt.*checkpoint lacks: dec_blocks|stage1\.pt.*checkpoint lacks: dilated"
+    ):
         init_from_checkpoint(full, path)
 
 

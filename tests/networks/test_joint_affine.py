@@ -249,7 +249,9 @@ def test_moment_pooling_sees_where_features_are():
     assert not torch.equal(net._pool(feats), net._pool(flipped))
 
 
-@pytest.mark.parametrize("kwargs, match", [({"norm": "group"}, "norm must be"), ({"affine_pooling": "max"}, "affine_pooling must be")])
+@pytest.mark.parametrize(
+    "kwargs, match", [({"norm": "group"}, "norm must be"), ({"affine_pooling": "max"}, "affine_pooling must be")]
+)
 def test_bad_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         JointAffineDeformNet(2, **{**SMALL, **kwargs})
