@@ -11,8 +11,11 @@ fixed image's 2 mm grid):
 
 Usage::
 
-    python scripts/joint_affine_study.py --runs ~/.cache/monai-reg-zoo/runs/joint_affine \\
+    python scripts/joint_affine_study.py --runs ~/.cache/monai-reg-zoo/runs/joint_affine_v2 \\
         --datalist data/prepared/brain/datalist_misaligned_2mm.json --out outputs/joint_affine_study
+
+Runs of the v0.1 network (batch norm, mean pooling) need ``--network_overrides
+'{"network_def#norm": "batch", "network_def#affine_pooling": "mean"}'``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import fire
 import numpy as np
@@ -69,19 +73,21 @@ def checkpoint_path(run: Path, checkpoint: str = "best") -> Path:
 
 
 def main(
-    runs: str = str(Path.home() / ".cache" / "monai-reg-zoo" / "runs" / "joint_affine"),
+    runs: str = str(Path.home() / ".cache" / "monai-reg-zoo" / "runs" / "joint_affine_v2"),
     datalist: str = "data/prepared/brain/datalist_misaligned_2mm.json",
     section: str = "test",
     out: str = "outputs/joint_affine_study",
     variants: str = "full,noanat,noaffine",
     device: str = "cpu",
     checkpoint: str = "best",
+    network_overrides: dict[str, Any] | None = None,
 ) -> str:
     """Evaluate every variant's checkpoint and write ``<out>/study.md`` with the tables.
 
     ``checkpoint``: ``best`` (``best_model.pt``, the best validation Dice of the run) or ``epoch=N`` (the trainer's
     ``latest_checkpoint_epoch=N.pt``), e.g. to compare variants at the same number of iterations when one of them
-    (the shipped ``full``) was trained longer.
+    (the shipped ``full``) was trained longer. ``network_overrides``: config overrides for every variant's
+    network (e.g. the v0.1 architecture, module docstring).
     """
     import evaluate_bundle
 
@@ -93,7 +99,7 @@ def main(
     summaries: dict[str, Path] = {}
     for name in names:
         ckpt = checkpoint_path(Path(runs) / name, checkpoint)
-        overrides = {"network_def#use_affine": False} if name == "noaffine" else None
+        overrides = {**(network_overrides or {}), **({"network_def#use_affine": False} if name == "noaffine" else {})}
         summaries[name] = Path(evaluate_bundle.main(
             bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name), ckpt=str(ckpt),
             device=device, affine=name == "full", ants_affine=name == "full" and peer_available("ants"),
@@ -101,7 +107,7 @@ def main(
         res[name] = method_rows(summaries[name], "bundle")
     part = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / "full_affine_part"),
                                 ckpt=str(checkpoint_path(Path(runs) / "full", checkpoint)), device=device,
-                                affine=False, overrides={"component": "affine"})  # fmt: skip
+                                affine=False, overrides={**(network_overrides or {}), "component": "affine"})  # fmt: skip
     base = {m: method_rows(summaries["full"], m) for m in ("zero", "affine", "ants_affine")}
 
     def row(label: str, rows: list[dict[str, float]], keys: list[str] = KEYS) -> list[str]:

@@ -2,8 +2,8 @@
 
 The network takes ``[moving, fixed]`` and runs ONE encoder twice:
 
-1. on ``[M, F]``: global average pooling of its deepest features and a linear layer give the affine matrix,
-   which warps ``M`` to ``A`` (the affine subnetwork: four conv blocks, three stride-2 downsamplings);
+1. on ``[M, F]``: global pooling of its deepest features and a linear layer give the affine matrix, which
+   warps ``M`` to ``A`` (the affine subnetwork: four conv blocks, three stride-2 downsamplings);
 2. on ``[A, F]``: the same encoder (same modules, same parameters) feeds a dilated block and a U-Net decoder
    that predict the deformable displacement ``u`` at full resolution; ``A`` warped by ``u`` is the result.
 
@@ -20,9 +20,19 @@ hands the total to the inference and evaluation engines.
 
 Choices where the paper leaves room (documented, not claimed to be the authors'):
 
-* each "conv block" / "residual module" is a MONAI ``ResidualUnit`` with one 3x3(x3) conv, batch norm and
-  LeakyReLU(0.2), plus the identity (or 1x1 projection) shortcut; downsampling is a stride-2 3x3(x3) conv,
-  batch norm, LeakyReLU; upsampling a stride-2 transposed conv, batch norm, LeakyReLU;
+* each "conv block" / "residual module" is a MONAI ``ResidualUnit`` with one 3x3(x3) conv, a normalisation
+  and LeakyReLU(0.2), plus the identity (or 1x1 projection) shortcut; downsampling is a stride-2 3x3(x3) conv,
+  normalisation, LeakyReLU; upsampling a stride-2 transposed conv, normalisation, LeakyReLU. The paper's
+  batch norm is ``norm="batch"``; the default ``"instance"`` normalises each pair with its own statistics,
+  which is what batch norm computes while training with one pair per batch, but also at inference (see
+  ``norm`` below);
+* global pooling: the paper's global average pooling is ``affine_pooling="mean"``. A mean over the grid is
+  blind to WHERE a feature responds: a feature that measures the local offset between ``M`` and ``F`` averages
+  to the translation, but under a rotation or scaling about the centre the offsets on opposite sides cancel.
+  ``"moments"`` also pools each feature times each normalised coordinate (first moments), from which a linear
+  layer can read rotation, scaling and shear. Measured on the bundle's data (affine part alone trained with
+  the global NCC for 1200 iterations, best validation checkpoint, 4 held-out test pairs at 4 mm): Dice 0.306
+  with moments, 0.165 with the mean (0.144 before registration);
 * the dilated block is a cascade of four 3x3(x3) convs (dilations 1, 2, 4, 8; group norm; ReLU) added to its
   input (a residual around the cascade);
 * the linear layer predicts the change from identity in normalised coordinates (``[-1, 1]`` along every axis,
@@ -226,6 +236,13 @@ class JointAffineDeformNet(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         check_pair_input(x, type(self).__name__, self.dims, self.in_channels, self.factor, hint="pad the images")
+        deepest = [int(n) // self.factor for n in x.shape[2:]]
+        if self.norm == "instance" and math.prod(deepest) < 2:
+            raise ValueError(
+                f"{type(self).__name__}: spatial size {tuple(x.shape[2:])} leaves a single voxel after "
+                f"{len(self.encoder.downs)} downsamplings, where per-pair normalisation is undefined; the image is "
+                f"too small: it needs at least {2 * self.factor} voxels along one axis at the network's spacing."
+            )
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.in_channels // 2

@@ -255,3 +255,10 @@ def test_moment_pooling_sees_where_features_are():
 def test_bad_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         JointAffineDeformNet(2, **{**SMALL, **kwargs})
+
+
+def test_too_small_an_image_is_a_clear_error():
+    net = JointAffineDeformNet(3, **SMALL).eval()
+    with pytest.raises(ValueError, match=r"single voxel after 3 downsamplings.*at least 16 voxels"):
+        net(torch.rand(1, 2, 8, 8, 8))
+    assert net(torch.rand(1, 2, 8, 8, 16)).shape == (1, 9, 8, 8, 16)
