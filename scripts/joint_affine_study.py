@@ -14,8 +14,8 @@ Usage::
     python scripts/joint_affine_study.py --runs ~/.cache/monai-reg-zoo/runs/joint_affine_v2 \\
         --datalist data/prepared/brain/datalist_misaligned_2mm.json --out outputs/joint_affine_study
 
-Runs of the v0.1 network (batch norm, mean pooling) need ``--network_overrides
-'{"network_def#norm": "batch", "network_def#affine_pooling": "mean"}'``.
+By default every variant's network is the v0.2 recipe of ``scripts/train_variants.sh`` (instance norm, moment
+pooling); runs of the v0.1 network (the configs' batch norm and mean pooling) need ``--network_overrides '{}'``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from common.engines.baselines import peer_available  # noqa: E402
 from common.io.report import markdown_table, write_report  # noqa: E402
 
 BUNDLE = "brain_mri_joint_affine"
+V2_NETWORK = {"network_def#norm": "instance", "network_def#affine_pooling": "moments"}
 KEYS = ["dice_mean", "hd95_mean", "sdlogj", "folding_percent", "seconds"]
 HEADER = ["method", "Dice", "HD95 (mm)", "SDlogJ", "det J ≤ 0 (%)", "s / pair"]
 
@@ -87,8 +88,10 @@ def main(
     ``checkpoint``: ``best`` (``best_model.pt``, the best validation Dice of the run) or ``epoch=N`` (the trainer's
     ``latest_checkpoint_epoch=N.pt``), e.g. to compare variants at the same number of iterations when one of them
     (the shipped ``full``) was trained longer. ``network_overrides``: config overrides for every variant's
-    network (e.g. the v0.1 architecture, module docstring).
+    network; None: the v0.2 recipe (:data:`V2_NETWORK`), ``{}``: the configs' own (v0.1) network.
     """
+    if network_overrides is None:
+        network_overrides = V2_NETWORK
     import evaluate_bundle
 
     out_dir = Path(out).resolve()
@@ -99,7 +102,7 @@ def main(
     summaries: dict[str, Path] = {}
     for name in names:
         ckpt = checkpoint_path(Path(runs) / name, checkpoint)
-        overrides = {**(network_overrides or {}), **({"network_def#use_affine": False} if name == "noaffine" else {})}
+        overrides = {**network_overrides, **({"network_def#use_affine": False} if name == "noaffine" else {})}
         summaries[name] = Path(evaluate_bundle.main(
             bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name), ckpt=str(ckpt),
             device=device, affine=name == "full", ants_affine=name == "full" and peer_available("ants"),
@@ -107,7 +110,7 @@ def main(
         res[name] = method_rows(summaries[name], "bundle")
     part = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / "full_affine_part"),
                                 ckpt=str(checkpoint_path(Path(runs) / "full", checkpoint)), device=device,
-                                affine=False, overrides={**(network_overrides or {}), "component": "affine"})  # fmt: skip
+                                affine=False, overrides={**network_overrides, "component": "affine"})  # fmt: skip
     base = {m: method_rows(summaries["full"], m) for m in ("zero", "affine", "ants_affine")}
 
     def row(label: str, rows: list[dict[str, float]], keys: list[str] = KEYS) -> list[str]:

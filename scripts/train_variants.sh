@@ -3,8 +3,9 @@
 # Usage: scripts/train_variants.sh BUNDLE VARIANT [VARIANT ...]
 #   prob_diffeo  (bundles/brain_mri_prob_diffeo, Dalca et al. 2018):  full | diag | unidir | seg
 #   joint_affine (bundles/brain_mri_joint_affine, Zhu et al. 2020):    affine_pretrain | full | noaffine | noanat
-#     (affine_pretrain: the affine part alone (u = 0), the first stage; full and noanat start from its
-#      newest checkpoint, so run it first: scripts/train_variants.sh joint_affine affine_pretrain full)
+#     (the v0.2 recipe: instance norm and moment pooling for every variant; affine_pretrain trains the affine
+#      part alone (u = 0), the first stage; full and noanat start from its newest checkpoint, so run it first:
+#      scripts/train_variants.sh joint_affine affine_pretrain full)
 #   lumir_cascade (bundles/brain_mri_lumir_cascade, Zhang et al. 2024): backbone | bf | ca | lk | lc2
 #     (the paper's Table 2 rows, each adding one switch: bilateral filter, co-attention, large kernels,
 #      large channels + two cascade steps per level)
@@ -23,23 +24,17 @@ case "$bundle" in
   *) echo "unknown bundle: $bundle (prob_diffeo | joint_affine | lumir_cascade)" >&2; exit 2 ;;
 esac
 cd "$ROOT/bundles/$dir"
-pretrained() {  # newest checkpoint of the joint_affine first stage
-  local ckpt
-  ckpt="$(ls -t "$1"/affine_pretrain/checkpoints/latest*.pt 2>/dev/null | head -n 1)"
-  [ -n "$ckpt" ] || { echo "no affine_pretrain checkpoint under $1: run the affine_pretrain variant first" >&2; exit 2; }
-  echo "$ckpt"
-}
 for variant in "$@"; do
   epochs="${MAX_EPOCHS:-}"
   case "$bundle/$variant" in
-    joint_affine/full) init="$(pretrained "$RUNS")"; extra=(--init_checkpoint "$init") ;;
+    joint_affine/full) extra=(--init_checkpoint "$RUNS/affine_pretrain/checkpoints") ;;
     */full) extra=() ;;
     prob_diffeo/diag) extra=(--smoothing_sigma 0.0) ;;
     prob_diffeo/unidir) extra=(--bidirectional False) ;;
     prob_diffeo/seg) extra=(--seg_weight 1.0) ;;
     joint_affine/affine_pretrain) epochs="${PRETRAIN_EPOCHS:-30}"; extra=(--network_def#use_deformable False --smooth_weight 0.0) ;;
     joint_affine/noaffine) extra=(--network_def#use_affine False --affine_weight 0.0) ;;
-    joint_affine/noanat) init="$(pretrained "$RUNS")"; extra=(--anat_weight 0.0 --init_checkpoint "$init") ;;
+    joint_affine/noanat) extra=(--anat_weight 0.0 --init_checkpoint "$RUNS/affine_pretrain/checkpoints") ;;
     lumir_cascade/*)
       bf=False ca=False lk=False fc=16 steps=1
       case "$variant" in
@@ -53,6 +48,7 @@ for variant in "$@"; do
       extra=(--bilateral $bf --co_attention $ca --large_kernel $lk --flow_channels $fc --cascade_steps $steps) ;;
     *) echo "unknown variant of $bundle: $variant" >&2; exit 2 ;;
   esac
+  [ "$bundle" = joint_affine ] && extra+=(--network_def#norm instance --network_def#affine_pooling moments)
   mkdir -p "$RUNS/$variant"
   "$PY" -m monai.bundle run --config_file configs/train.json --logging_file configs/logging.conf \
     --output_dir "$RUNS/$variant" ${epochs:+--max_epochs "$epochs"} "${extra[@]}" >>"$RUNS/$variant/train.log" 2>&1

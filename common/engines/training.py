@@ -234,7 +234,8 @@ def init_from_checkpoint(
 ) -> torch.nn.Module:
     """Initialise ``network`` from the weights of another run (e.g. a pre-training stage); return ``network``.
 
-    ``path`` None (or "") leaves the network as it is. Every tensor of the checkpoint must match a parameter or
+    ``path`` None (or "") leaves the network as it is; a folder stands for its newest ``latest*.pt``
+    (:func:`latest_checkpoint`, e.g. the ``checkpoints`` folder of the first stage's run). Every tensor of the checkpoint must match a parameter or
     buffer of ``network`` in name and shape; parameters of ``network`` the checkpoint lacks are allowed only
     when their names start with one of ``allow_missing`` (e.g. the decoder that a pre-training stage did not
     have), and keep their fresh initialisation. A checkpoint of a different network therefore fails with the
@@ -247,6 +248,11 @@ def init_from_checkpoint(
     """
     if path is None or str(path) == "":
         return network
+    if Path(path).is_dir():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise FileNotFoundError(f"{path}: no latest*.pt checkpoint in this folder to initialise from.")
+        path = newest
     state = load_state_dict_safely(path, key)
     own = network.state_dict()
     unknown = sorted(k for k in state if k not in own)

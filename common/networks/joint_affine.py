@@ -23,7 +23,7 @@ Choices where the paper leaves room (documented, not claimed to be the authors')
 * each "conv block" / "residual module" is a MONAI ``ResidualUnit`` with one 3x3(x3) conv, a normalisation
   and LeakyReLU(0.2), plus the identity (or 1x1 projection) shortcut; downsampling is a stride-2 3x3(x3) conv,
   normalisation, LeakyReLU; upsampling a stride-2 transposed conv, normalisation, LeakyReLU. The paper's
-  batch norm is ``norm="batch"``; the default ``"instance"`` normalises each pair with its own statistics,
+  batch norm is ``norm="batch"`` (the default); ``"instance"`` normalises each pair with its own statistics,
   which is what batch norm computes while training with one pair per batch, but also at inference (see
   ``norm`` below);
 * global pooling: the paper's global average pooling is ``affine_pooling="mean"``. A mean over the grid is
@@ -32,7 +32,8 @@ Choices where the paper leaves room (documented, not claimed to be the authors')
   ``"moments"`` also pools each feature times each normalised coordinate (first moments), from which a linear
   layer can read rotation, scaling and shear. Measured on the bundle's data (affine part alone trained with
   the global NCC for 1200 iterations, best validation checkpoint, 4 held-out test pairs at 4 mm): Dice 0.306
-  with moments, 0.165 with the mean (0.144 before registration);
+  with moments (lr 5e-4), 0.165 with the mean (lr 1e-3; a mean run at lr 5e-4 followed a similar loss curve);
+  0.144 before registration;
 * the dilated block is a cascade of four 3x3(x3) convs (dilations 1, 2, 4, 8; group norm; ReLU) added to its
   input (a residual around the cascade);
 * the linear layer predicts the change from identity in normalised coordinates (``[-1, 1]`` along every axis,
@@ -81,15 +82,15 @@ def _norm_layer(norm: str) -> str | tuple[str, dict]:
     return ("instance", {"affine": True}) if norm == "instance" else "batch"
 
 
-def _res(dims: int, cin: int, cout: int, norm: str = "batch") -> ResidualUnit:
+def _res(dims: int, cin: int, cout: int, norm: str) -> ResidualUnit:
     return ResidualUnit(dims, cin, cout, strides=1, kernel_size=3, subunits=1, act=_LEAKY, norm=_norm_layer(norm))
 
 
-def _down(dims: int, c: int, norm: str = "batch") -> Convolution:
+def _down(dims: int, c: int, norm: str) -> Convolution:
     return Convolution(dims, c, c, strides=2, kernel_size=3, act=_LEAKY, norm=_norm_layer(norm))
 
 
-def _up(dims: int, cin: int, cout: int, norm: str = "batch") -> Convolution:
+def _up(dims: int, cin: int, cout: int, norm: str) -> Convolution:
     return Convolution(
         dims, cin, cout, strides=2, kernel_size=3, act=_LEAKY, norm=_norm_layer(norm), is_transposed=True
     )
@@ -112,7 +113,7 @@ class SharedEncoder(nn.Module):
     Returns the features of every level, full resolution first (``len(channels)`` tensors).
     """
 
-    def __init__(self, dims: int, in_channels: int, channels: Sequence[int], norm: str = "batch") -> None:
+    def __init__(self, dims: int, in_channels: int, channels: Sequence[int], norm: str) -> None:
         super().__init__()
         self.blocks = nn.ModuleList()
         self.downs = nn.ModuleList()
@@ -168,14 +169,18 @@ class JointAffineDeformNet(nn.Module):
             (``len(enc_channels) - 1`` of them).
         use_affine: False replaces the affine stage by the identity (ablation "no affine part").
         use_deformable: False sets ``u = 0`` (affine registration only).
-        norm: normalisation of the conv blocks. ``"instance"`` (default): every pair is normalised with its own
-            statistics (affine instance norm), in training and inference alike. The bundle trains with one pair
+        norm: normalisation of the conv blocks. ``"batch"`` (default, the paper's; the shipped v0.1 weights):
+            PyTorch batch norm with running statistics. ``"instance"`` (the v0.2 recipe): every pair is
+            normalised with its own statistics (affine instance norm), in training and inference alike. The bundle trains with one pair
             per batch, where the paper's batch norm computes exactly these statistics during training; but in
             eval mode batch norm switches to running averages over the training pairs, whose synthetic contrasts
-            vary from pair to pair, so inference saw differently normalised features than training did. With
-            the v0.1 weights (``"batch"``), normalising with the pair's own statistics at inference raised the
-            mean held-out Dice at 4 mm from 0.503 to 0.553 (affine part alone: 0.251 to 0.326).
-            ``"batch"``: PyTorch batch norm with running statistics (the v0.1 weights and ablation runs).
+            vary from pair to pair, so inference sees differently normalised features than training did. With
+            the last checkpoint (iteration 3000) of the v0.1 run, normalising with each pair's own statistics
+            at inference raised the mean held-out Dice at 4 mm from 0.503 to 0.553 (affine part alone: 0.251
+            to 0.326).
+        affine_pooling: how the affine head pools the deepest features: ``"mean"`` (default, the paper's global
+            average) or ``"moments"`` (the v0.2 recipe: also each feature times each normalised coordinate; see
+            the module docstring).
 
     Forward: ``x`` ``(B, in_channels, *S)`` with every ``S`` divisible by ``2 ** (len(enc_channels) - 1)``
     returns ``(B, 3 D, *S)`` = ``[total, affine, deformable]`` displacements in voxels of ``S`` (pull-back).
@@ -190,7 +195,7 @@ class JointAffineDeformNet(nn.Module):
         dec_channels: Sequence[int] = (32, 32, 32),
         use_affine: bool = True,
         use_deformable: bool = True,
-        norm: str = "instance",
+        norm: str = "batch",
         affine_pooling: str = "mean",
     ) -> None:
         super().__init__()

@@ -6,7 +6,7 @@ import torch
 from common.engines.training import init_from_checkpoint
 from common.networks import JointAffineDeformNet
 
-SMALL = {"enc_channels": (4, 8), "dilations": (1, 2), "dec_channels": (4,)}
+SMALL = {"enc_channels": (4, 8), "dilations": (1, 2), "dec_channels": (4,), "norm": "instance"}
 
 
 def _affine_stage(tmp_path, seed=0):
@@ -23,13 +23,12 @@ def test_copies_encoder_and_head_and_keeps_fresh_decoder(tmp_path):
     stage1, path = _affine_stage(tmp_path)
     torch.manual_seed(1)
     full = JointAffineDeformNet(2, **SMALL)
-    decoder_before = full.flow.state_dict()["conv.weight"].clone() if "conv.weight" in full.flow.state_dict() else None
+    decoder_before = full.flow.conv.weight.detach().clone()
     out = init_from_checkpoint(full, path, allow_missing=("dilated.", "ups.", "dec_blocks.", "flow."))
     assert out is full
     for name, value in stage1.state_dict().items():
         assert torch.equal(full.state_dict()[name], value), name
-    if decoder_before is not None:
-        assert torch.equal(full.flow.state_dict()["conv.weight"], decoder_before)
+    assert torch.equal(full.flow.conv.weight, decoder_before)
     # the affine part now predicts what stage 1 predicted
     x = torch.rand(1, 2, 16, 16)
     stage1.eval(), full.eval()
@@ -48,10 +47,10 @@ def test_refuses_missing_tensors_outside_allow_list(tmp_path):
 
 def test_refuses_other_network(tmp_path):
     _, path = _affine_stage(tmp_path)
-    other = JointAffineDeformNet(2, enc_channels=(4, 16), dilations=(1, 2), dec_channels=(4,))
+    other = JointAffineDeformNet(2, **{**SMALL, "enc_channels": (4, 16)})
     with pytest.raises(ValueError, match="shape mismatch"):
         init_from_checkpoint(other, path, allow_missing=("dilated.", "ups.", "dec_blocks.", "flow."))
-    running = JointAffineDeformNet(2, use_deformable=False, norm="batch", **SMALL)
+    running = JointAffineDeformNet(2, use_deformable=False, **{**SMALL, "norm": "batch"})
     with pytest.raises(ValueError, match="checkpoint lacks: .*running_mean"):
         init_from_checkpoint(running, path)
 
@@ -63,3 +62,17 @@ def test_none_is_a_no_op_and_missing_file_is_named(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         init_from_checkpoint(net, tmp_path / "nope.pt")
+
+
+def test_a_folder_stands_for_its_newest_checkpoint(tmp_path):
+    stage1, path = _affine_stage(tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "latest_checkpoint_epoch=3.pt").write_bytes(path.read_bytes())
+    full = JointAffineDeformNet(2, **SMALL)
+    init_from_checkpoint(full, ckpts, allow_missing=("dilated.", "ups.", "dec_blocks.", "flow."))
+    assert torch.equal(full.affine_head.bias, stage1.affine_head.bias)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: no latest\*\.pt checkpoint"):
+        init_from_checkpoint(full, empty)

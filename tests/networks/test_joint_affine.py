@@ -209,7 +209,7 @@ class _NoTracerWarning:
 
 def test_instance_norm_gives_the_same_result_in_train_and_eval_mode_and_per_pair():
     torch.manual_seed(0)
-    net = JointAffineDeformNet(2, **SMALL)
+    net = JointAffineDeformNet(2, norm="instance", **SMALL)
     assert not any("running" in k for k in net.state_dict())
     x = torch.rand(2, 2, 32, 32)
     with torch.no_grad():
@@ -221,7 +221,7 @@ def test_instance_norm_gives_the_same_result_in_train_and_eval_mode_and_per_pair
     assert torch.allclose(train_out, eval_out, atol=1e-6)
     assert torch.allclose(eval_out[1:], alone, atol=1e-5)  # a pair's result does not depend on its batch
     # v0.1 batch norm: eval mode uses running statistics, which differ from one pair's own statistics
-    old = JointAffineDeformNet(2, norm="batch", **SMALL)
+    old = JointAffineDeformNet(2, **SMALL)  # default: the paper's batch norm
     assert any("running_mean" in k for k in old.state_dict())
     with torch.no_grad():
         old.train()
@@ -258,7 +258,7 @@ def test_bad_options_are_named(kwargs, match):
 
 
 def test_too_small_an_image_is_a_clear_error():
-    net = JointAffineDeformNet(3, **SMALL).eval()
+    net = JointAffineDeformNet(3, norm="instance", **SMALL).eval()
     with pytest.raises(ValueError, match=r"single voxel after 3 downsamplings.*at least 16 voxels"):
         net(torch.rand(1, 2, 8, 8, 8))
     assert net(torch.rand(1, 2, 8, 8, 16)).shape == (1, 9, 8, 8, 16)
