@@ -6,6 +6,8 @@
 #     (the v0.2 recipe: instance norm and moment pooling for every variant; affine_pretrain trains the affine
 #      part alone (u = 0), the first stage; full and noanat start from its newest checkpoint, so run it first:
 #      scripts/train_variants.sh joint_affine affine_pretrain full)
+#     smooth<L> (e.g. smooth5): the third stage, fine-tunes full's newest checkpoint with smooth_weight L at the
+#      learning rate full ended with (FINETUNE_EPOCHS=N, default 10 = 500 iterations)
 #   lumir_cascade (bundles/brain_mri_lumir_cascade, Zhang et al. 2024): backbone | bf | ca | lk | lc2
 #     (the paper's Table 2 rows, each adding one switch: bilateral filter, co-attention, large kernels,
 #      large channels + two cascade steps per level)
@@ -34,6 +36,9 @@ for variant in "$@"; do
     prob_diffeo/seg) extra=(--seg_weight 1.0) ;;
     joint_affine/affine_pretrain) epochs="${PRETRAIN_EPOCHS:-30}"; extra=(--network_def#use_deformable False --smooth_weight 0.0) ;;
     joint_affine/noaffine) extra=(--network_def#use_affine False --affine_weight 0.0) ;;
+    joint_affine/smooth[0-9]*)
+      epochs="${FINETUNE_EPOCHS:-10}"
+      extra=(--init_checkpoint "$RUNS/full/checkpoints" --smooth_weight "${variant#smooth}" --learning_rate 0.000125) ;;
     joint_affine/noanat) extra=(--anat_weight 0.0 --init_checkpoint "$RUNS/affine_pretrain/checkpoints") ;;
     lumir_cascade/*)
       bf=False ca=False lk=False fc=16 steps=1
