@@ -7,15 +7,17 @@ fixed image's 2 mm grid):
   same pairs, with their registration time;
 * the network's affine part alone (``--component affine``) and the full network (affine then deformable);
 * the ablation: ``noaffine`` (deformable part only), ``noanat`` (no Dice loss) and ``full``, trained with the
-  same seed, data and schedule by ``scripts/train_variants.sh joint_affine full noanat noaffine``.
+  same seed, data and schedule by ``scripts/train_variants.sh joint_affine affine_pretrain full noanat noaffine``.
 
 Usage::
 
     python scripts/joint_affine_study.py --runs ~/.cache/monai-reg-zoo/runs/joint_affine_v2 \\
         --datalist data/prepared/brain/datalist_misaligned_2mm.json --out outputs/joint_affine_study
 
-By default every variant's network is the v0.2 recipe of ``scripts/train_variants.sh`` (instance norm, moment
-pooling); runs of the v0.1 network (the configs' batch norm and mean pooling) need ``--network_overrides '{}'``.
+The shipped v0.2 weights are the third stage ``smooth10``:
+``--variants full --full_run smooth10 --checkpoint epoch=10``. Every network is the configs' own (v0.2: instance
+norm, moment pooling); runs of the v0.1 network (``runs/joint_affine``) need
+``--network_overrides '{"network_def#norm": "batch", "network_def#affine_pooling": "mean"}'``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from common.engines.baselines import peer_available  # noqa: E402
 from common.io.report import markdown_table, write_report  # noqa: E402
 
 BUNDLE = "brain_mri_joint_affine"
-V2_NETWORK = {"network_def#norm": "instance", "network_def#affine_pooling": "moments"}
 KEYS = ["dice_mean", "hd95_mean", "sdlogj", "folding_percent", "seconds"]
 HEADER = ["method", "Dice", "HD95 (mm)", "SDlogJ", "det J ≤ 0 (%)", "s / pair"]
 
@@ -82,16 +83,17 @@ def main(
     device: str = "cpu",
     checkpoint: str = "best",
     network_overrides: dict[str, Any] | None = None,
+    full_run: str = "full",
 ) -> str:
     """Evaluate every variant's checkpoint and write ``<out>/study.md`` with the tables.
 
     ``checkpoint``: ``best`` (``best_model.pt``, the best validation Dice of the run) or ``epoch=N`` (the trainer's
     ``latest_checkpoint_epoch=N.pt``), e.g. to compare variants at the same number of iterations when one of them
     (the shipped ``full``) was trained longer. ``network_overrides``: config overrides for every variant's
-    network; None: the v0.2 recipe (:data:`V2_NETWORK`), ``{}``: the configs' own (v0.1) network.
+    network (none: the configs' own, v0.2).
+    ``full_run``: the run folder evaluated as the ``full`` variant (e.g. ``smooth5``, the fine-tuned third stage).
     """
-    if network_overrides is None:
-        network_overrides = V2_NETWORK
+    network_overrides = dict(network_overrides or {})
     import evaluate_bundle
 
     out_dir = Path(out).resolve()
@@ -101,7 +103,7 @@ def main(
     res: dict[str, list[dict[str, float]]] = {}
     summaries: dict[str, Path] = {}
     for name in names:
-        ckpt = checkpoint_path(Path(runs) / name, checkpoint)
+        ckpt = checkpoint_path(Path(runs) / (full_run if name == "full" else name), checkpoint)
         overrides = {**network_overrides, **({"network_def#use_affine": False} if name == "noaffine" else {})}
         summaries[name] = Path(evaluate_bundle.main(
             bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name), ckpt=str(ckpt),
@@ -109,7 +111,7 @@ def main(
             overrides=overrides))  # fmt: skip
         res[name] = method_rows(summaries[name], "bundle")
     part = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / "full_affine_part"),
-                                ckpt=str(checkpoint_path(Path(runs) / "full", checkpoint)), device=device,
+                                ckpt=str(checkpoint_path(Path(runs) / full_run, checkpoint)), device=device,
                                 affine=False, overrides={**network_overrides, "component": "affine"})  # fmt: skip
     base = {m: method_rows(summaries["full"], m) for m in ("zero", "affine", "ants_affine")}
 
@@ -119,7 +121,7 @@ def main(
     meta = json.loads(Path(datalist).read_text())
     draws = [e.get("misalignment", {}) for e in meta.get(section, [])]
     parts = [
-        f"Checkpoints: {checkpoint} of each variant's run in {runs}. "
+        f"Checkpoints: {checkpoint} of each variant's run in {runs} (full: {full_run}). "
         f"Held-out pairs: {section} of {datalist} ({len(draws)} pairs, each moving image with its own random affine "
         "misalignment); mean ± sd over pairs. Metrics on the fixed image's grid. s / pair: the registration call "
         "for ITK/ANTs; the whole bundle inference (reading, resampling, network, writing every output) for the "

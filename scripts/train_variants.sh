@@ -2,16 +2,16 @@
 # Train the ablation variants of a bundle, one after another (resumable: rerun to continue).
 # Usage: scripts/train_variants.sh BUNDLE VARIANT [VARIANT ...]
 #   prob_diffeo  (bundles/brain_mri_prob_diffeo, Dalca et al. 2018):  full | diag | unidir | seg
-#   joint_affine (bundles/brain_mri_joint_affine, Zhu et al. 2020):    affine_pretrain | full | noaffine | noanat
-#     (the v0.2 recipe: instance norm and moment pooling for every variant; affine_pretrain trains the affine
-#      part alone (u = 0), the first stage; full and noanat start from its newest checkpoint, so run it first:
-#      scripts/train_variants.sh joint_affine affine_pretrain full)
-#     smooth<L> (e.g. smooth5): the third stage, fine-tunes full's newest checkpoint with smooth_weight L at the
-#      learning rate full ended with (FINETUNE_EPOCHS=N, default 10 = 500 iterations)
+#   joint_affine (bundles/brain_mri_joint_affine, Zhu et al. 2020):    affine_pretrain | full | smooth<L> | noaffine | noanat
+#     (the v0.2 recipe: affine_pretrain trains the affine part alone (u = 0), the first stage; full and noanat
+#      start from its newest checkpoint, so run it first; smooth<L> (e.g. smooth10), the third stage, fine-tunes
+#      full's newest checkpoint with smooth_weight L at the learning rate full ended with (FINETUNE_EPOCHS=N,
+#      default 10 = 500 iterations). The shipped v0.2 weights:
+#      scripts/train_variants.sh joint_affine affine_pretrain full smooth10)
 #   lumir_cascade (bundles/brain_mri_lumir_cascade, Zhang et al. 2024): backbone | bf | ca | lk | lc2
 #     (the paper's Table 2 rows, each adding one switch: bilateral filter, co-attention, large kernels,
 #      large channels + two cascade steps per level)
-# Each variant trains from scratch with the same seed, data and schedule; runs go to $RUNS/<variant>
+# Each variant trains with the same seed, data and schedule (from scratch unless said above); runs go to $RUNS/<variant>
 # (default ~/.cache/monai-reg-zoo/runs/<run set of the bundle>/). MAX_EPOCHS=N overrides the config's
 # schedule, also when resuming (PRETRAIN_EPOCHS=N that of joint_affine's affine_pretrain, default 30).
 set -euo pipefail
@@ -53,7 +53,6 @@ for variant in "$@"; do
       extra=(--bilateral $bf --co_attention $ca --large_kernel $lk --flow_channels $fc --cascade_steps $steps) ;;
     *) echo "unknown variant of $bundle: $variant" >&2; exit 2 ;;
   esac
-  [ "$bundle" = joint_affine ] && extra+=(--network_def#norm instance --network_def#affine_pooling moments)
   mkdir -p "$RUNS/$variant"
   "$PY" -m monai.bundle run --config_file configs/train.json --logging_file configs/logging.conf \
     --output_dir "$RUNS/$variant" ${epochs:+--max_epochs "$epochs"} "${extra[@]}" >>"$RUNS/$variant/train.log" 2>&1

@@ -47,7 +47,7 @@ def _infer(tmp_path, files, ckpt, component):
 
 
 def test_affine_file_maps_fixed_points_like_the_affine_displacement_output(tmp_path):
-    files = _pair(tmp_path, (26, 30, 22))
+    files = _pair(tmp_path, (26, 30, 36))
     ckpt = _checkpoint(tmp_path)
     affine_dir = _infer(tmp_path, files, ckpt, "affine")
     total_dir = _infer(tmp_path, files, ckpt, "total")
@@ -77,7 +77,7 @@ def test_affine_file_maps_fixed_points_like_the_affine_displacement_output(tmp_p
 
 @pytest.mark.parametrize("component", ["total", "deformable"])
 def test_other_components_differ_from_the_affine_part(tmp_path, component):
-    files = _pair(tmp_path, (26, 30, 22))
+    files = _pair(tmp_path, (26, 30, 36))
     ckpt = _checkpoint(tmp_path)
     a = np.asarray(nib.load(_infer(tmp_path, files, ckpt, "affine") / "disp.nii.gz").dataobj)
     b = np.asarray(nib.load(_infer(tmp_path, files, ckpt, component) / "disp.nii.gz").dataobj)
@@ -94,7 +94,7 @@ def test_a_failing_affine_export_leaves_no_half_written_pair_folder(tmp_path, mo
         raise OSError("No space left on device")
 
     monkeypatch.setattr(common.io.itk_field, "write_itk_affine", full_disk)
-    files = _pair(tmp_path, (26, 30, 22))
+    files = _pair(tmp_path, (26, 30, 36))
     with pytest.raises(Exception) as info:  # MONAI's config runner wraps the error
         _infer(tmp_path, files, _checkpoint(tmp_path), "total")
     chain, exc = [], info.value
