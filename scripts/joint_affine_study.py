@@ -84,6 +84,8 @@ def main(
     checkpoint: str = "best",
     network_overrides: dict[str, Any] | None = None,
     full_run: str = "full",
+    affine_iterations: int = 0,
+    affine_lr: float = 0.01,
 ) -> str:
     """Evaluate every variant's checkpoint and write ``<out>/study.md`` with the tables.
 
@@ -92,6 +94,8 @@ def main(
     (the shipped ``full``) was trained longer. ``network_overrides``: config overrides for every variant's
     network (none: the configs' own, v0.2).
     ``full_run``: the run folder evaluated as the ``full`` variant (e.g. ``smooth5``, the fine-tuned third stage).
+    ``affine_iterations`` > 0 adds two rows, the affine part alone and the full network with the affine part
+    refined for each pair (the bundle's ``affine_iterations`` / ``affine_lr``, instance optimisation).
     """
     network_overrides = dict(network_overrides or {})
     import evaluate_bundle
@@ -118,6 +122,19 @@ def main(
     def row(label: str, rows: list[dict[str, float]], keys: list[str] = KEYS) -> list[str]:
         return [label, *(summary_cell(rows, k) for k in keys)]
 
+    refined_rows = []
+    if affine_iterations:
+        refine = {"affine_iterations": int(affine_iterations), "affine_lr": float(affine_lr)}
+        for component, label in (("affine", "affine part alone"), ("total", "full")):
+            path = evaluate_bundle.main(
+                bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / f"full_refined_{component}"),
+                ckpt=str(checkpoint_path(Path(runs) / full_run, checkpoint)), device=device, affine=False,
+                overrides={**network_overrides, **refine, "component": component})  # fmt: skip
+            refined_rows.append(
+                row(f"network: {label}, affine refined for the pair ({int(affine_iterations)} Adam steps, "
+                    f"lr {affine_lr:g})", method_rows(Path(path), "bundle"))
+            )  # fmt: skip
+
     meta = json.loads(Path(datalist).read_text())
     draws = [e.get("misalignment", {}) for e in meta.get(section, [])]
     parts = [
@@ -133,6 +150,7 @@ def main(
             row("ANTs affine (antspyx Affine, 2 mm)", base["ants_affine"]),
             row("network: affine part alone", method_rows(part, "bundle")),
             row("network: full (affine + deformable)", res["full"]),
+            *refined_rows,
         ]),
     ]  # fmt: skip
     ablation = [(lab, v) for lab, v in (("without the affine part", "noaffine"), ("without L_anat", "noanat"),

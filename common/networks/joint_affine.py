@@ -68,7 +68,7 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from common.blocks.affine import affine_to_ddf, identity_affine
+from common.blocks.affine import affine_to_ddf, identity_affine, normalised_to_voxel
 from common.blocks.compose import compose_ddf
 from common.blocks.warp import warp
 from common.networks.voxelmorph import FlowHead, check_pair_input
@@ -273,12 +273,8 @@ class JointAffineDeformNet(nn.Module):
             return identity_affine(x.shape[0], dims, x.dtype, x.device)
         deepest = self.encoder(x)[-1]
         delta = self.affine_head(self._pool(deepest))  # (B, D (D + 1))
-        delta = delta.view(-1, dims, dims + 1)
-        # normalised -> voxel coordinates: A_vox = H A_n H^-1 and t_vox = H t_n, H = diag((n - 1) / 2)
-        h = torch.tensor([max(int(n) - 1, 1) / 2.0 for n in x.shape[2:]], dtype=delta.dtype, device=delta.device)
-        lin = delta[:, :, :dims] * h.view(1, dims, 1) / h.view(1, 1, dims)
-        trans = delta[:, :, dims:] * h.view(1, dims, 1)
-        return identity_affine(x.shape[0], dims, delta.dtype, delta.device) + torch.cat([lin, trans], dim=2)
+        delta = normalised_to_voxel(delta.view(-1, dims, dims + 1), x.shape[2:])
+        return identity_affine(x.shape[0], dims, delta.dtype, delta.device) + delta
 
     def _deformation(self, affine_warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Deformable displacement ``u`` ``(B, D, *S)`` in voxels from the affinely warped moving and fixed."""
@@ -297,16 +293,34 @@ class JointAffineDeformNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with _quiet_trace():
             self._check(x)
-            moving, fixed = self._split(x)
-            size = tuple(x.shape[2:])
-            if self.use_affine:
-                aff = affine_to_ddf(self._affine_params(x), size)
-                affine_warped = warp(moving, aff)
-            else:
-                aff = x.new_zeros(x.shape[0], self.dims, *size)
-                affine_warped = moving
-            if not self.use_deformable:
-                return torch.cat([aff, aff, torch.zeros_like(aff)], dim=1)
-            u = self._deformation(affine_warped, fixed)
-            total = compose_ddf(aff, u) if self.use_affine else u
+            return self._register(x, self._affine_params(x) if self.use_affine else None)
+
+    def forward_with_affine(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the affine part given instead of predicted: ``matrix`` ``(B, D, D + 1)`` in
+        centred voxel coordinates (:meth:`affine_matrix`), e.g. refined for the pair by
+        :class:`common.engines.joint_affine.AffineRefinementInferer`; the deformable part registers ``M``
+        warped by it to ``F``. Output as :meth:`forward`."""
+        expected = (x.shape[0], self.dims, self.dims + 1)
+        if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != expected:
+            got = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
+            raise ValueError(f"{type(self).__name__}: `matrix` must have shape {expected} for this input, got {got}.")
+        if not torch.isfinite(matrix).all():
+            raise ValueError(f"{type(self).__name__}: `matrix` contains NaN or Inf values.")
+        with _quiet_trace():
+            self._check(x)
+            return self._register(x, matrix)
+
+    def _register(self, x: torch.Tensor, matrix: torch.Tensor | None) -> torch.Tensor:
+        moving, fixed = self._split(x)
+        size = tuple(x.shape[2:])
+        if matrix is not None:
+            aff = affine_to_ddf(matrix, size)
+            affine_warped = warp(moving, aff)
+        else:
+            aff = x.new_zeros(x.shape[0], self.dims, *size)
+            affine_warped = moving
+        if not self.use_deformable:
+            return torch.cat([aff, aff, torch.zeros_like(aff)], dim=1)
+        u = self._deformation(affine_warped, fixed)
+        total = compose_ddf(aff, u) if matrix is not None else u
         return torch.cat([total, aff, u], dim=1)

@@ -19,6 +19,7 @@ from common.blocks import (
     identity_affine,
     integrate_velocity,
     jacobian_determinant,
+    normalised_to_voxel,
     one_hot,
     resize_flow,
     warp,
@@ -239,3 +240,18 @@ def test_ddf_to_affine_is_the_least_squares_fit_of_a_non_affine_field():
 def test_ddf_to_affine_rejects_bad_fields(ddf, match):
     with pytest.raises(ValueError, match=match):
         ddf_to_affine(ddf)
+
+
+def test_normalised_to_voxel_scales_each_axis_by_its_half_size():
+    delta = torch.zeros(1, 2, 3)
+    delta[0, 0, 2], delta[0, 1, 2] = 1.0, -0.5  # translations: a half-size along axis 0, a quarter size along 1
+    delta[0, 0, 1] = 0.2  # axis-0 output per unit of normalised axis-1 input
+    out = normalised_to_voxel(delta, (11, 21))  # half sizes 5 and 10 voxels
+    assert out[0, 0, 2] == pytest.approx(5.0) and out[0, 1, 2] == pytest.approx(-5.0)
+    assert out[0, 0, 1] == pytest.approx(0.2 * 5 / 10)
+    # the same map in either system: a normalised point p goes to p + dA p + dt, the voxel point x = H p likewise
+    p = torch.tensor([0.3, -0.7])
+    h = torch.tensor([5.0, 10.0])
+    moved_n = p + delta[0, :, :2] @ p + delta[0, :, 2]
+    moved_v = h * p + out[0, :, :2] @ (h * p) + out[0, :, 2]
+    assert torch.allclose(moved_v, h * moved_n)

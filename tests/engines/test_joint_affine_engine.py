@@ -9,7 +9,7 @@ import torch
 
 from common.blocks import affine_to_ddf, one_hot, resize_flow, warp
 from common.engines import RegistrationEvalPostprocess
-from common.engines.joint_affine import JointAffineDeformLoss, JointToDDF, split_joint
+from common.engines.joint_affine import AffineRefinementInferer, JointAffineDeformLoss, JointToDDF, split_joint
 from common.losses import GlobalNCCLoss, GradientRegulariser, LocalNCCLoss, SoftDiceLoss
 from common.networks import JointAffineDeformNet
 
@@ -177,3 +177,70 @@ def test_loss_rejects_mismatched_inputs():
         loss(torch.zeros(1, 2, 24, 24), _targets())
     with pytest.raises(KeyError, match="JointAffineDeformLoss: `targets` has no `fixed_image`"):
         loss(_pred(), {"moving_image": torch.rand(1, 1, 24, 24)})
+
+
+def _rotated_pair(size: int = 32, degrees: float = 12.0, shift: float = 2.0) -> torch.Tensor:
+    """``[moving, fixed]``: the moving image is the fixed one under a known rotation and shift (pull-back)."""
+    fixed = _blobs((size, size), (0.0, 0.0))
+    a = math.radians(degrees)
+    matrix = torch.tensor([[[math.cos(a), -math.sin(a), shift], [math.sin(a), math.cos(a), -shift]]])
+    # the fixed image sampled at A (x - c) + c + t is the moving image seen through the inverse map
+    inverse = torch.linalg.inv(torch.cat([matrix, torch.tensor([[[0.0, 0.0, 1.0]]])], 1))[:, :2]
+    moving = warp(fixed, affine_to_ddf(inverse, (size, size)))
+    return torch.cat([moving, fixed], 1), matrix
+
+
+def test_affine_refinement_recovers_a_rotation_the_network_did_not_predict():
+    torch.manual_seed(0)
+    x, truth = _rotated_pair()
+    net = JointAffineDeformNet(2, enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8)).eval()  # identity head
+    inferer = AffineRefinementInferer(iterations=150, lr=0.02, progress=False)
+    with torch.no_grad():
+        refined = inferer.refine(net, x)
+        pred = inferer(x, net)
+    assert torch.allclose(net.affine_matrix(x), torch.eye(2, 3)[None])  # the untrained head says identity
+    assert len(inferer.history) == 151 and inferer.seconds > 0
+    assert min(inferer.history) < 0.1 * inferer.history[0]
+    angle = math.degrees(math.atan2(float(refined[0, 1, 0]), float(refined[0, 0, 0])))
+    assert abs(angle - 12.0) < 1.5, angle
+    assert torch.allclose(refined[0, :, 2], truth[0, :, 2], atol=0.6), refined
+    # the prediction carries the refined map in its affine channels and the total starts from it
+    assert torch.allclose(split_joint(pred)[1], affine_to_ddf(refined, x.shape[2:]), atol=1e-5)
+    # and the deformable part registers M warped by the refined map, not by the network's own
+    with torch.no_grad():
+        assert torch.allclose(pred, net.forward_with_affine(x, refined))
+        assert not torch.allclose(pred, net(x))
+
+
+def test_affine_refinement_keeps_the_best_parameters_and_zero_iterations_is_the_plain_network():
+    x, _ = _rotated_pair()
+    net = JointAffineDeformNet(2, enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8)).eval()
+    with torch.no_grad():
+        assert torch.equal(AffineRefinementInferer(iterations=0)(x, net), net(x))
+        # a step far too large overshoots; the network's own matrix (the best seen) is returned
+        wild = AffineRefinementInferer(iterations=3, lr=5.0, progress=False)
+        matrix = wild.refine(net, x)
+    loss = GlobalNCCLoss()
+    scored = float(loss(warp(x[:, :1], affine_to_ddf(matrix, x.shape[2:])), x[:, 1:]))
+    assert scored == pytest.approx(min(wild.history), abs=1e-6)
+    assert min(wild.history) <= wild.history[0]
+
+
+def test_affine_refinement_rejects_bad_settings_and_other_networks():
+    with pytest.raises(ValueError, match="iterations must be >= 0, got -1"):
+        AffineRefinementInferer(iterations=-1)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got 0"):
+        AffineRefinementInferer(lr=0)
+    with pytest.raises(TypeError, match="Conv2d has no forward_with_affine"):
+        AffineRefinementInferer(iterations=2)(torch.rand(1, 2, 8, 8), torch.nn.Conv2d(2, 4, 1))
+
+
+def test_forward_with_affine_checks_the_matrix():
+    net = JointAffineDeformNet(2, enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8)).eval()
+    x = torch.rand(1, 2, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(net.forward_with_affine(x, net.affine_matrix(x)), net(x))
+    with pytest.raises(ValueError, match=r"`matrix` must have shape \(1, 2, 3\) for this input, got \(1, 3, 4\)"):
+        net.forward_with_affine(x, torch.eye(3, 4)[None])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        net.forward_with_affine(x, torch.full((1, 2, 3), float("nan")))
