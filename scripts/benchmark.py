@@ -463,11 +463,21 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     return summary
 
 
-def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations: int = 3) -> str:
+def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations: int = 3, bundles: str = "") -> str:
     """Per trained 3D bundle: inference time and peak RAM at 1 mm and 2 mm (first test pair) and training step
-    time (``train_iterations`` steps after one warm-up, the bundle's own training config)."""
+    time (``train_iterations`` steps after one warm-up, the bundle's own training config). ``bundles``:
+    comma-separated names to profile only those (default: every trained 3D bundle)."""
     rows = []
-    for name in trained_bundles(3):
+    names = trained_bundles(3)
+    if bundles:
+        wanted = [b for b in bundles.split(",") if b] if isinstance(bundles, str) else list(bundles)
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise SystemExit(
+                f"benchmark profile: not a trained 3D bundle: {', '.join(unknown)} (trained: {', '.join(names)})."
+            )
+        names = [n for n in names if n in wanted]
+    for name in names:
         for res in ("1mm", "2mm"):
             pairs = load_datalist(DATASETS[f"brain_{res}"][0], "test")
             work = Path(out) / "work"

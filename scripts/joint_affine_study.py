@@ -84,8 +84,8 @@ def main(
     checkpoint: str = "best",
     network_overrides: dict[str, Any] | None = None,
     full_run: str = "full",
-    affine_iterations: int = 0,
-    affine_lr: float = 0.01,
+    instance_iterations: int = 0,
+    instance_lr: float = 0.01,
 ) -> str:
     """Evaluate every variant's checkpoint and write ``<out>/study.md`` with the tables.
 
@@ -94,8 +94,8 @@ def main(
     (the shipped ``full``) was trained longer. ``network_overrides``: config overrides for every variant's
     network (none: the configs' own, v0.2).
     ``full_run``: the run folder evaluated as the ``full`` variant (e.g. ``smooth5``, the fine-tuned third stage).
-    ``affine_iterations`` > 0 adds two rows, the affine part alone and the full network with the affine part
-    refined for each pair (the bundle's ``affine_iterations`` / ``affine_lr``, instance optimisation).
+    ``instance_iterations`` > 0 adds two rows, the affine part alone and the full network with the affine part
+    refined for each pair (the bundle's ``instance_iterations`` / ``instance_lr``, instance optimisation).
     """
     network_overrides = dict(network_overrides or {})
     import evaluate_bundle
@@ -123,16 +123,16 @@ def main(
         return [label, *(summary_cell(rows, k) for k in keys)]
 
     refined_rows = []
-    if affine_iterations:
-        refine = {"affine_iterations": int(affine_iterations), "affine_lr": float(affine_lr)}
+    if instance_iterations:
+        refine = {"instance_iterations": int(instance_iterations), "instance_lr": float(instance_lr)}
         for component, label in (("affine", "affine part alone"), ("total", "full")):
             path = evaluate_bundle.main(
                 bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / f"full_refined_{component}"),
                 ckpt=str(checkpoint_path(Path(runs) / full_run, checkpoint)), device=device, affine=False,
                 overrides={**network_overrides, **refine, "component": component})  # fmt: skip
             refined_rows.append(
-                row(f"network: {label}, affine refined for the pair ({int(affine_iterations)} Adam steps, "
-                    f"lr {affine_lr:g})", method_rows(Path(path), "bundle"))
+                row(f"network: {label}, affine refined for the pair ({int(instance_iterations)} Adam steps, "
+                    f"lr {instance_lr:g})", method_rows(Path(path), "bundle"))
             )  # fmt: skip
 
     meta = json.loads(Path(datalist).read_text())

@@ -141,8 +141,9 @@ def test_instance_optimisation_methods_are_parsed_expanded_and_forwarded(monkeyp
     assert benchmark.split_bundle_method("bundle:brain_mri_hybrid_loss") == ("brain_mri_hybrid_loss", 0)
     with pytest.raises(SystemExit, match=r"\+io<iterations>"):
         benchmark.split_bundle_method("bundle:brain_mri_prob_diffeo+iofifty")
-    # only the probabilistic bundle has instance optimisation
+    # the probabilistic bundle (its velocity field) and the joint affine bundle (its affine part) have it
     assert benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_prob_diffeo")
+    assert benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_joint_affine")
     assert not benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_hybrid_loss")
     with pytest.raises(SystemExit, match="has no instance optimisation"):
         benchmark.resolve_methods("bundle:brain_mri_hybrid_loss+io50", dims=3)
