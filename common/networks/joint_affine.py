@@ -169,8 +169,8 @@ class JointAffineDeformNet(nn.Module):
             (``len(enc_channels) - 1`` of them).
         use_affine: False replaces the affine stage by the identity (ablation "no affine part").
         use_deformable: False sets ``u = 0`` (affine registration only).
-        norm: normalisation of the conv blocks. ``"batch"`` (default, the paper's; the shipped v0.1 weights):
-            PyTorch batch norm with running statistics. ``"instance"`` (the v0.2 recipe): every pair is
+        norm: normalisation of the conv blocks. ``"batch"`` (default, the paper's; the v0.1 weights):
+            PyTorch batch norm with running statistics. ``"instance"`` (the shipped v0.2 weights): every pair is
             normalised with its own statistics (affine instance norm), in training and inference alike. The bundle trains with one pair
             per batch, where the paper's batch norm computes exactly these statistics during training; but in
             eval mode batch norm switches to running averages over the training pairs, whose synthetic contrasts
@@ -179,7 +179,7 @@ class JointAffineDeformNet(nn.Module):
             at inference raised the mean held-out Dice at 4 mm from 0.503 to 0.553 (affine part alone: 0.251
             to 0.326).
         affine_pooling: how the affine head pools the deepest features: ``"mean"`` (default, the paper's global
-            average) or ``"moments"`` (the v0.2 recipe: also each feature times each normalised coordinate; see
+            average) or ``"moments"`` (the shipped v0.2 weights: also each feature times each normalised coordinate; see
             the module docstring).
 
     Forward: ``x`` ``(B, in_channels, *S)`` with every ``S`` divisible by ``2 ** (len(enc_channels) - 1)``
