@@ -35,7 +35,7 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.blocks import affine_to_ddf, ddf_to_affine, normalised_to_voxel, resize_flow, warp
+from common.blocks import AffineTransform, ddf_to_affine, normalised_to_voxel, resize_flow
 from common.engines.registration import PredToDDF, RegistrationLoss
 from common.losses.image import GlobalNCCLoss, LocalNCCLoss
 from common.losses.labels import SoftDiceLoss
@@ -201,6 +201,7 @@ class AffineRefinementInferer(Inferer):
             raise ValueError(f"AffineRefinementInferer: lr must be a finite number > 0, got {lr}.")
         self.iterations, self.lr, self.progress = int(iterations), float(lr), progress
         self.loss = GlobalNCCLoss()
+        self.transform = AffineTransform()
         self.history: list[float] = []
         self.seconds = 0.0
 
@@ -220,7 +221,7 @@ class AffineRefinementInferer(Inferer):
             bar = tqdm(range(self.iterations + 1), desc="affine refinement", disable=not self.progress, leave=False)
             for step in bar:
                 matrix = init + normalised_to_voxel(delta, size)
-                value = self.loss(warp(moving, affine_to_ddf(matrix, size)), fixed)
+                value = self.loss(self.transform(moving, matrix)[0], fixed)
                 current = float(value.detach())
                 self.history.append(current)
                 if current < best_value:

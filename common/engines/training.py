@@ -235,8 +235,8 @@ def init_from_checkpoint(
     """Initialise ``network`` from the weights of another run (e.g. a pre-training stage); return ``network``.
 
     ``path`` None (or "") leaves the network as it is; a folder stands for its newest ``latest*.pt``
-    (:func:`latest_checkpoint`, e.g. the ``checkpoints`` folder of the first stage's run). Every tensor of the checkpoint must match a parameter or
-    buffer of ``network`` in name and shape; parameters of ``network`` the checkpoint lacks are allowed only
+    (:func:`latest_checkpoint`, e.g. the ``checkpoints`` folder of the first stage's run). Every tensor of the
+    checkpoint must match a parameter or buffer of ``network`` in name and shape; parameters of ``network`` the checkpoint lacks are allowed only
     when their names start with one of ``allow_missing`` (e.g. the decoder that a pre-training stage did not
     have), and keep their fresh initialisation. A checkpoint of a different network therefore fails with the
     file and the offending names instead of half-loading. Resuming (:class:`ResumeFromLatest`) overrides this:
@@ -259,17 +259,9 @@ def init_from_checkpoint(
     shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                     for k in state if k in own and state[k].shape != own[k].shape)  # fmt: skip
     missing = sorted(k for k in own if k not in state and not any(k.startswith(p) for p in allow_missing))
-    problems = []
-    if unknown:
-        problems.append(
-            f"tensors the network does not have: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"
-        )
-    if shapes:
-        problems.append(f"shape mismatch: {', '.join(shapes[:5])}{' ...' if len(shapes) > 5 else ''}")
-    if missing:
-        problems.append(
-            f"network tensors the checkpoint lacks: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
-        )
+    found = (("tensors the network does not have", unknown), ("shape mismatch", shapes),
+             ("network tensors the checkpoint lacks", missing))  # fmt: skip
+    problems = [f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}" for what, names in found if names]
     if problems:
         raise ValueError(f"{path}: cannot initialise {type(network).__name__} from it; " + "; ".join(problems) + ".")
     network.load_state_dict(state, strict=False)

@@ -170,17 +170,18 @@ class JointAffineDeformNet(nn.Module):
         use_affine: False replaces the affine stage by the identity (ablation "no affine part").
         use_deformable: False sets ``u = 0`` (affine registration only).
         norm: normalisation of the conv blocks. ``"batch"`` (default, the paper's; the v0.1 weights):
-            PyTorch batch norm with running statistics. ``"instance"`` (the shipped v0.2 weights): every pair is
-            normalised with its own statistics (affine instance norm), in training and inference alike. The bundle trains with one pair
-            per batch, where the paper's batch norm computes exactly these statistics during training; but in
+            PyTorch batch norm with running statistics. ``"instance"`` (the shipped v0.2 weights): every pair
+            is normalised with its own statistics (affine instance norm), in training and inference alike. The
+            bundle trains with one pair per batch, where the paper's batch norm computes exactly these
+            statistics during training; but in
             eval mode batch norm switches to running averages over the training pairs, whose synthetic contrasts
             vary from pair to pair, so inference sees differently normalised features than training did. With
             the last checkpoint (iteration 3000) of the v0.1 run, normalising with each pair's own statistics
             at inference raised the mean held-out Dice at 4 mm from 0.503 to 0.553 (affine part alone: 0.251
             to 0.326).
         affine_pooling: how the affine head pools the deepest features: ``"mean"`` (default, the paper's global
-            average) or ``"moments"`` (the shipped v0.2 weights: also each feature times each normalised coordinate; see
-            the module docstring).
+            average) or ``"moments"`` (the shipped v0.2 weights: also each feature times each normalised
+            coordinate; see the module docstring).
 
     Forward: ``x`` ``(B, in_channels, *S)`` with every ``S`` divisible by ``2 ** (len(enc_channels) - 1)``
     returns ``(B, 3 D, *S)`` = ``[total, affine, deformable]`` displacements in voxels of ``S`` (pull-back).

@@ -173,3 +173,9 @@ def test_instance_optimisation_methods_are_parsed_expanded_and_forwarded(monkeyp
     benchmark._bundle_result(ROOT / "bundles" / "brain_mri_prob_diffeo", pair, "cpu", 7)
     benchmark._bundle_result(ROOT / "bundles" / "brain_mri_prob_diffeo", pair, "cpu", 0)
     assert seen[0]["instance_iterations"] == 7 and "instance_iterations" not in seen[1]
+
+
+def test_profile_names_unknown_bundles(monkeypatch):
+    monkeypatch.setattr(benchmark, "trained_bundles", lambda dims: ["brain_mri_hybrid_loss", "brain_mri_joint_affine"])
+    with pytest.raises(SystemExit, match="not a trained 3D bundle: brain_mri_nonesuch"):
+        benchmark.profile(bundles="brain_mri_joint_affine,brain_mri_nonesuch")

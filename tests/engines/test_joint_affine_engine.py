@@ -223,7 +223,9 @@ def test_affine_refinement_keeps_the_best_parameters_and_zero_iterations_is_the_
     loss = GlobalNCCLoss()
     scored = float(loss(warp(x[:, :1], affine_to_ddf(matrix, x.shape[2:])), x[:, 1:]))
     assert scored == pytest.approx(min(wild.history), abs=1e-6)
-    assert min(wild.history) <= wild.history[0]
+    # every step overshot (the check below is not vacuous), so the returned map is the network's own
+    assert min(wild.history[1:]) > wild.history[0] + 0.5
+    assert torch.equal(matrix, net.affine_matrix(x))
 
 
 def test_affine_refinement_rejects_bad_settings_and_other_networks():
