@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data.utils import compute_shape_offset, zoom_affine
 
 from common.blocks.warp import sample_at, sample_labels_at
 from common.conventions import identity_grid
@@ -45,6 +46,7 @@ def network_grid(
     axcodes: str | None = None,
     multiple: int = 16,
     shape: Sequence[int] | None = None,
+    grid_mode: str = "fit_extent",
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """Affine and shape of the grid the network runs on.
 
@@ -55,6 +57,14 @@ def network_grid(
         axcodes: training orientation codes (``"LIA"``, ``"RAS"``, ...); None keeps the fixed orientation.
         multiple: pad/crop each axis to a multiple of this (ignored when ``shape`` is given).
         shape: exact network shape (pad/crop symmetrically around the fixed image centre).
+        grid_mode: how the resampled grid covers the fixed image before padding/cropping.
+            ``"fit_extent"``: the first and last voxel centres stay where they are and the spacing is adjusted
+            slightly so that a whole number of steps fits between them (e.g. 80 voxels at 2 mm -> 41 voxels of
+            3.95 mm). ``"exact_spacing"``: the grid MONAI ``Spacingd`` builds (its own ``zoom_affine`` and
+            ``compute_shape_offset``): the first voxel centre stays, the spacing is exactly ``spacing`` and the
+            size is the rounded number of steps plus one (80 voxels at 2 mm -> 40 voxels of 4 mm, the centres
+            of every second voxel). A network trained on arrays that ``Spacingd``
+            downsampled must see that same grid at inference: same sampling positions, same amount of padding.
 
     Returns:
         ``(affine, shape)`` of the network grid.
@@ -77,11 +87,19 @@ def network_grid(
             transform = nib.orientations.ornt_transform(ornt, target)
             aff = aff @ nib.orientations.inv_ornt_aff(transform, tuple(shp))
             shp = shp[transform[:, 0].astype(int)]
+    if grid_mode not in ("fit_extent", "exact_spacing"):
+        raise ValueError(f"network_grid: `grid_mode` must be 'fit_extent' or 'exact_spacing', got {grid_mode!r}.")
     old_spacing = np.sqrt((aff[:dims, :dims] ** 2).sum(0))
     extent = (shp - 1) * old_spacing
-    new_shape = np.maximum(np.floor(extent / np.asarray(spacing, dtype=float) + 0.5).astype(int) + 1, 2)
-    scale = np.where(shp > 1, (shp - 1) / np.maximum(new_shape - 1, 1), 1.0)
-    aff = aff @ np.diag([*scale, 1.0])
+    if grid_mode == "exact_spacing":  # MONAI's own rule (Spacing): zoom the affine, then its shape and origin
+        zoomed = zoom_affine(aff, np.asarray(spacing, dtype=float), diagonal=False)
+        new_shape, offset = compute_shape_offset(shp, aff, zoomed)
+        zoomed[:dims, dims] = offset
+        aff, new_shape = zoomed, np.asarray(new_shape, dtype=int)
+    else:
+        new_shape = np.maximum(np.floor(extent / np.asarray(spacing, dtype=float) + 0.5).astype(int) + 1, 2)
+        scale = np.where(shp > 1, (shp - 1) / np.maximum(new_shape - 1, 1), 1.0)
+        aff = aff @ np.diag([*scale, 1.0])
     if shape is not None:
         target_shape = np.array(shape, dtype=int)
         if len(target_shape) != dims:

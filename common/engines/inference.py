@@ -111,6 +111,9 @@ class LoadRegistrationPaird(MapTransform):
         axcodes: training orientation (e.g. ``"LIA"``); None keeps the fixed image's.
         multiple: pad/crop the network grid to a multiple of this.
         shape: exact network grid shape instead of ``multiple``.
+        grid_mode: ``"fit_extent"`` or ``"exact_spacing"`` (the grid MONAI ``Spacingd`` builds), see
+            :func:`common.engines.geometry.network_grid`; a bundle trained on ``Spacingd``-downsampled arrays
+            needs ``"exact_spacing"``.
         spatial_dims: 2 or 3.
         max_voxels: refuse images whose network grid would exceed this many voxels (clear message, no OOM kill).
     """
@@ -123,8 +126,14 @@ class LoadRegistrationPaird(MapTransform):
         shape: Sequence[int] | None = None,
         spatial_dims: int = 3,
         max_voxels: int = 64_000_000,
+        grid_mode: str = "fit_extent",
     ) -> None:
         super().__init__(keys=["moving_image", "fixed_image"])
+        if grid_mode not in ("fit_extent", "exact_spacing"):
+            raise ValueError(
+                f"LoadRegistrationPaird: `grid_mode` must be 'fit_extent' or 'exact_spacing', got {grid_mode!r}."
+            )
+        self.grid_mode = grid_mode
         self.spacing, self.axcodes, self.multiple = tuple(spacing), axcodes, multiple
         self.shape, self.dims, self.max_voxels = shape, spatial_dims, max_voxels
 
@@ -162,7 +171,9 @@ class LoadRegistrationPaird(MapTransform):
                     )
                 if not np.any(lab):
                     raise ImageReadError(f"{d[key]}: label map is empty (all background).")
-        net_aff, net_shape = network_grid(fix_aff, fix.shape, self.spacing, self.axcodes, self.multiple, self.shape)
+        net_aff, net_shape = network_grid(
+            fix_aff, fix.shape, self.spacing, self.axcodes, self.multiple, self.shape, self.grid_mode
+        )
         if int(np.prod(net_shape)) > self.max_voxels:
             raise ImageReadError(
                 f"{d['fixed_image']}: network grid {net_shape} ({np.prod(net_shape) / 1e6:.0f} M voxels, about "

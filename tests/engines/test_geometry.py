@@ -203,3 +203,40 @@ def test_fix_malloc_mmap_threshold_respects_the_user_setting(monkeypatch):
         if not hasattr(ctypes.CDLL(None), "mallopt"):
             pytest.skip("not glibc")
         assert fix_malloc_mmap_threshold() is True
+
+
+@pytest.mark.parametrize(
+    "spacing, shape, target",
+    [((2.0, 2.0, 2.0), (80, 96, 112), 4.0), ((1.0, 1.2, 0.9), (33, 41, 27), 2.5), ((2.0, 2.0, 2.0), (25, 30, 19), 3.0)],
+)
+def test_exact_spacing_grid_is_the_grid_monai_spacingd_builds(spacing, shape, target):
+    """A network trained on Spacingd-downsampled arrays (brain_mri_joint_affine: 2 mm data at 4 mm) must see the
+    same sampling positions and the same array size at inference; "fit_extent" gives a different grid there."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    aff = lia_affine(spacing=spacing)
+    img = MetaTensor(torch.rand(1, *shape), affine=torch.as_tensor(aff))
+    ref = Spacing(pixdim=target, mode="bilinear")(img)
+    net_aff, net_shape = network_grid(aff, shape, (target,) * 3, multiple=1, grid_mode="exact_spacing")
+    assert net_shape == tuple(ref.shape[1:])
+    assert np.allclose(net_aff, ref.affine.numpy(), atol=1e-6)
+    # and the resampled intensities are the same (the last voxel along an axis can lie up to half a step past
+    # the input, where Spacing repeats the border and we pad with zeros: compared inside the input)
+    ours = resample_to_grid(img.as_tensor()[None], aff, net_aff, net_shape)[0]
+    assert (ours - ref.as_tensor())[:, :-1, :-1, :-1].abs().max().item() < 1e-4
+    fit_aff, fit_shape = network_grid(aff, shape, (target,) * 3, multiple=1)
+    assert fit_shape != net_shape or not np.allclose(fit_aff, net_aff, atol=1e-3)
+
+
+def test_exact_spacing_pads_symmetrically_like_fit_extent():
+    aff = lia_affine(spacing=(2.0, 2.0, 2.0))
+    net_aff, net_shape = network_grid(aff, (80, 96, 100), (4, 4, 4), multiple=8, grid_mode="exact_spacing")
+    # 50 voxels of 4 mm along the last axis, padded to 56: 3 before, so voxel 3 is the old voxel 0 centre
+    assert net_shape == (40, 48, 56)
+    assert np.allclose(net_aff @ [0, 0, 3, 1], aff @ [0, 0, 0, 1])
+
+
+def test_network_grid_rejects_an_unknown_grid_mode():
+    with pytest.raises(ValueError, match="grid_mode.*'spacingd'"):
+        network_grid(np.eye(4), (8, 8, 8), (1, 1, 1), grid_mode="spacingd")
