@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from common.blocks.affine import AffineTransform, affine_to_ddf, ddf_to_affine, identity_affine, normalised_to_voxel
+from common.blocks.affine import (
+    AffineTransform,
+    affine_normalised_to_voxel,
+    affine_to_ddf,
+    ddf_to_affine,
+    identity_affine,
+)
 from common.blocks.bilateral import BilateralFieldFilter, bilateral_filter_field
 from common.blocks.bspline import BSplineTransformer, control_grid_shape
 from common.blocks.compose import compose_ddf
@@ -23,7 +29,7 @@ __all__ = [
     "control_grid_shape",
     "ddf_to_affine",
     "identity_affine",
-    "normalised_to_voxel",
+    "affine_normalised_to_voxel",
     "integrate_velocity",
     "jacobian_determinant",
     "jacobian_matrix",

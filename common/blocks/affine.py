@@ -10,7 +10,7 @@ from torch import nn
 from common.blocks.warp import warp
 from common.conventions import identity_grid
 
-__all__ = ["identity_affine", "normalised_to_voxel", "affine_to_ddf", "ddf_to_affine", "AffineTransform"]
+__all__ = ["identity_affine", "affine_normalised_to_voxel", "affine_to_ddf", "ddf_to_affine", "AffineTransform"]
 
 
 def identity_affine(batch: int, dims: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
@@ -19,7 +19,7 @@ def identity_affine(batch: int, dims: int, dtype: torch.dtype = torch.float32, d
     return eye.unsqueeze(0).repeat(batch, 1, 1)
 
 
-def normalised_to_voxel(delta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def affine_normalised_to_voxel(delta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """A change ``[dA | dt]`` ``(B, D, D + 1)`` of an affine map in normalised coordinates (each axis scaled to
     ``[-1, 1]``) as the same change in the centred voxel coordinates of :func:`affine_to_ddf` on a grid of
     ``shape``: ``dA_vox = H dA H^-1``, ``dt_vox = H dt`` with ``H = diag((n - 1) / 2)``. Linear, so changes add in

@@ -28,6 +28,8 @@ from common.blocks.warp import sample_at, sample_labels_at
 from common.conventions import identity_grid
 
 __all__ = [
+    "GRID_MODES",
+    "check_grid_mode",
     "network_grid",
     "grid_coords",
     "resample_to_grid",
@@ -37,6 +39,15 @@ __all__ = [
     "world_ddf",
     "world_map_ddf",
 ]
+
+
+GRID_MODES = ("fit_extent", "exact_spacing")
+
+
+def check_grid_mode(grid_mode: str, caller: str) -> None:
+    """Raise a clear ``ValueError`` unless ``grid_mode`` is one of :data:`GRID_MODES` (see :func:`network_grid`)."""
+    if grid_mode not in GRID_MODES:
+        raise ValueError(f"{caller}: `grid_mode` must be 'fit_extent' or 'exact_spacing', got {grid_mode!r}.")
 
 
 def network_grid(
@@ -87,16 +98,14 @@ def network_grid(
             transform = nib.orientations.ornt_transform(ornt, target)
             aff = aff @ nib.orientations.inv_ornt_aff(transform, tuple(shp))
             shp = shp[transform[:, 0].astype(int)]
-    if grid_mode not in ("fit_extent", "exact_spacing"):
-        raise ValueError(f"network_grid: `grid_mode` must be 'fit_extent' or 'exact_spacing', got {grid_mode!r}.")
-    old_spacing = np.sqrt((aff[:dims, :dims] ** 2).sum(0))
-    extent = (shp - 1) * old_spacing
+    check_grid_mode(grid_mode, "network_grid")
     if grid_mode == "exact_spacing":  # MONAI's own rule (Spacing): zoom the affine, then its shape and origin
         zoomed = zoom_affine(aff, np.asarray(spacing, dtype=float), diagonal=False)
         new_shape, offset = compute_shape_offset(shp, aff, zoomed)
         zoomed[:dims, dims] = offset
         aff, new_shape = zoomed, np.asarray(new_shape, dtype=int)
     else:
+        extent = (shp - 1) * np.sqrt((aff[:dims, :dims] ** 2).sum(0))
         new_shape = np.maximum(np.floor(extent / np.asarray(spacing, dtype=float) + 0.5).astype(int) + 1, 2)
         scale = np.where(shp > 1, (shp - 1) / np.maximum(new_shape - 1, 1), 1.0)
         aff = aff @ np.diag([*scale, 1.0])

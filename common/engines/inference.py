@@ -33,6 +33,7 @@ import torch
 from monai.transforms import MapTransform, Transform
 
 from common.engines.geometry import (
+    check_grid_mode,
     ddf_to_fixed_grid,
     network_grid,
     resample_to_grid,
@@ -129,10 +130,7 @@ class LoadRegistrationPaird(MapTransform):
         grid_mode: str = "fit_extent",
     ) -> None:
         super().__init__(keys=["moving_image", "fixed_image"])
-        if grid_mode not in ("fit_extent", "exact_spacing"):
-            raise ValueError(
-                f"LoadRegistrationPaird: `grid_mode` must be 'fit_extent' or 'exact_spacing', got {grid_mode!r}."
-            )
+        check_grid_mode(grid_mode, "LoadRegistrationPaird")
         self.grid_mode = grid_mode
         self.spacing, self.axcodes, self.multiple = tuple(spacing), axcodes, multiple
         self.shape, self.dims, self.max_voxels = shape, spatial_dims, max_voxels

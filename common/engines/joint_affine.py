@@ -35,7 +35,7 @@ from monai.inferers import Inferer
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.blocks import AffineTransform, ddf_to_affine, normalised_to_voxel, resize_flow
+from common.blocks import AffineTransform, affine_normalised_to_voxel, ddf_to_affine, resize_flow
 from common.engines.registration import PredToDDF, RegistrationLoss
 from common.losses.image import GlobalNCCLoss, LocalNCCLoss
 from common.losses.labels import SoftDiceLoss
@@ -220,7 +220,7 @@ class AffineRefinementInferer(Inferer):
         with torch.enable_grad():
             bar = tqdm(range(self.iterations + 1), desc="affine refinement", disable=not self.progress, leave=False)
             for step in bar:
-                matrix = init + normalised_to_voxel(delta, size)
+                matrix = init + affine_normalised_to_voxel(delta, size)
                 value = self.loss(self.transform(moving, matrix)[0], fixed)
                 current = float(value.detach())
                 self.history.append(current)

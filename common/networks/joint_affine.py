@@ -68,7 +68,7 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from common.blocks.affine import affine_to_ddf, identity_affine, normalised_to_voxel
+from common.blocks.affine import affine_normalised_to_voxel, affine_to_ddf, identity_affine
 from common.blocks.compose import compose_ddf
 from common.blocks.warp import warp
 from common.networks.voxelmorph import FlowHead, check_pair_input
@@ -274,7 +274,7 @@ class JointAffineDeformNet(nn.Module):
             return identity_affine(x.shape[0], dims, x.dtype, x.device)
         deepest = self.encoder(x)[-1]
         delta = self.affine_head(self._pool(deepest))  # (B, D (D + 1))
-        delta = normalised_to_voxel(delta.view(-1, dims, dims + 1), x.shape[2:])
+        delta = affine_normalised_to_voxel(delta.view(-1, dims, dims + 1), x.shape[2:])
         return identity_affine(x.shape[0], dims, delta.dtype, delta.device) + delta
 
     def _deformation(self, affine_warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from common.blocks import (
     AffineTransform,
     BSplineTransformer,
     VelocityIntegrator,
+    affine_normalised_to_voxel,
     affine_to_ddf,
     compose_ddf,
     control_grid_shape,
@@ -19,7 +20,6 @@ from common.blocks import (
     identity_affine,
     integrate_velocity,
     jacobian_determinant,
-    normalised_to_voxel,
     one_hot,
     resize_flow,
     warp,
@@ -246,7 +246,7 @@ def test_normalised_to_voxel_scales_each_axis_by_its_half_size():
     delta = torch.zeros(1, 2, 3)
     delta[0, 0, 2], delta[0, 1, 2] = 1.0, -0.5  # translations: a half-size along axis 0, a quarter size along 1
     delta[0, 0, 1] = 0.2  # axis-0 output per unit of normalised axis-1 input
-    out = normalised_to_voxel(delta, (11, 21))  # half sizes 5 and 10 voxels
+    out = affine_normalised_to_voxel(delta, (11, 21))  # half sizes 5 and 10 voxels
     assert out[0, 0, 2] == pytest.approx(5.0) and out[0, 1, 2] == pytest.approx(-5.0)
     assert out[0, 0, 1] == pytest.approx(0.2 * 5 / 10)
     # the same map in either system: a normalised point p goes to p + dA p + dt, the voxel point x = H p likewise

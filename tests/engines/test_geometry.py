@@ -240,3 +240,10 @@ def test_exact_spacing_pads_symmetrically_like_fit_extent():
 def test_network_grid_rejects_an_unknown_grid_mode():
     with pytest.raises(ValueError, match="grid_mode.*'spacingd'"):
         network_grid(np.eye(4), (8, 8, 8), (1, 1, 1), grid_mode="spacingd")
+
+
+def test_load_registration_pair_rejects_an_unknown_grid_mode_when_built():
+    from common.engines.inference import LoadRegistrationPaird
+
+    with pytest.raises(ValueError, match="LoadRegistrationPaird: `grid_mode`.*'spacingd'"):
+        LoadRegistrationPaird(spacing=(4, 4, 4), grid_mode="spacingd")
