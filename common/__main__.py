@@ -103,9 +103,26 @@ def guarded(fn):
     return wrapper
 
 
-def _register(bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt) -> None:
+def _instance_overrides(b: Path, instance_iterations: Any) -> dict[str, Any]:
+    """``{"instance_iterations": N}`` for the bundle's config, or {} for the default; clear errors otherwise."""
+    if instance_iterations is None:
+        return {}
+    if isinstance(instance_iterations, bool) or not isinstance(instance_iterations, int) or instance_iterations < 0:
+        raise CLIError(f"--instance_iterations must be an integer >= 0, got {instance_iterations!r}.")
+    cfg = json.loads((b / "configs" / "inference.json").read_text())
+    if "instance_iterations" not in cfg:
+        raise CLIError(
+            f"bundle {b.name} has no instance optimisation (no 'instance_iterations' in its inference.json)."
+        )
+    return {"instance_iterations": int(instance_iterations)}
+
+
+def _register(
+    bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt, instance_iterations
+) -> None:
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
+    extra = _instance_overrides(b, instance_iterations)
     for name, path in (
         ("moving", moving),
         ("fixed", fixed),
@@ -126,7 +143,7 @@ def _register(bundle, moving, fixed, out, moving_label, fixed_label, device, ove
     _run(b, {
         "moving": str(moving), "fixed": str(fixed), "moving_label": moving_label, "fixed_label": fixed_label,
         "output_dir": str(o), "overwrite": bool(overwrite), "ckpt_path": weights,
-        "device": f"$torch.device('{device}')",
+        "device": f"$torch.device('{device}')", **extra,
     })  # fmt: skip
     metrics = json.loads((pair_dir / "metrics.json").read_text())
     print(json.dumps(metrics["metrics"], indent=2))
@@ -143,6 +160,7 @@ def register(
     device: str = "cpu",
     overwrite: bool = False,
     ckpt: str | None = None,
+    instance_iterations: int | None = None,
 ) -> None:
     """Register one pair with a bundle and write every output into ``out/<moving>_to_<fixed>/``.
 
@@ -156,13 +174,17 @@ def register(
         device: "cpu" or "cuda".
         overwrite: replace existing outputs.
         ckpt: weights to use instead of the bundle's models/model.pt.
+        instance_iterations: refine the network's field for this pair with this many instance-optimisation steps
+            per level, on the input grid (0: the network alone; default: the bundle's ``inference.json``).
     """
-    _guard(_register, bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt)
+    _guard(_register, bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt,
+           instance_iterations)  # fmt: skip
 
 
-def _batch(bundle, datalist, out, section, device, overwrite, ckpt) -> None:
+def _batch(bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations) -> None:
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
+    extra = _instance_overrides(b, instance_iterations)
     from common.engines.inference import pair_datalist
 
     pairs = pair_datalist(datalist=datalist, section=section)
@@ -178,7 +200,7 @@ def _batch(bundle, datalist, out, section, device, overwrite, ckpt) -> None:
     o = _check_output(out, overwrite)
     _run(b, {
         "datalist": str(datalist), "datalist_section": section, "output_dir": str(o),
-        "overwrite": bool(overwrite), "ckpt_path": weights, "device": f"$torch.device('{device}')",
+        "overwrite": bool(overwrite), "ckpt_path": weights, "device": f"$torch.device('{device}')", **extra,
     })  # fmt: skip
     print(f"{len(pairs)} pairs registered; summary: {o / 'summary.csv'}")
 
@@ -191,6 +213,7 @@ def batch(
     device: str = "cpu",
     overwrite: bool = False,
     ckpt: str | None = None,
+    instance_iterations: int | None = None,
 ) -> None:
     """Register every pair of a datalist JSON (``{"test": [{"moving_image": ..., "fixed_image": ...}]}``),
     with a progress bar, and write ``out/summary.csv`` with one row of metrics per pair.
@@ -203,8 +226,9 @@ def batch(
         device: "cpu" or "cuda".
         overwrite: replace existing outputs.
         ckpt: weights to use instead of the bundle's models/model.pt.
+        instance_iterations: instance-optimisation steps per level for every pair (see ``register``).
     """
-    _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt)
+    _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations)
 
 
 def bundles() -> None:

@@ -10,7 +10,8 @@ Usage::
     python scripts/benchmark.py profile --out outputs/profile      # bundles: inference 1 mm / 2 mm, train step
 
 Methods: ``zero``, ``affine`` (ITK, 3D), ``ants`` (antspyx SyN, preset ``--ants_preset lumir|script|fast``),
-``elastix`` (itk-elastix default B-spline map), ``classic`` (our iterative NGF B-spline), ``bundles`` (every
+``elastix`` (itk-elastix default B-spline map), ``convexadam`` (PyPI ``convexadam`` 0.2.0, default parameters, CPU,
+3D), ``classic`` (our iterative NGF B-spline), ``bundles`` (every
 bundle with trained weights whose dimension matches the data; a bundle with instance optimisation is run twice,
 network only and with ``--instance_iterations``), ``bundle:<name>`` or ``bundle:<name>+io<N>`` (N instance
 optimisation iterations). Missing peers are skipped with a message. Speed ratios to ANTs are computed pair by pair
@@ -49,6 +50,8 @@ DATASETS = {
     # real OASIS-1 T1 pairs (prepare_data.py oasis_real); no fixed image has labels: image NCC, field and speed only
     "oasis_1mm": (ROOT / "data/prepared/oasis_real/datalist_1mm.json", "test"),
     "oasis_2mm": (ROOT / "data/prepared/oasis_real/datalist_2mm.json", "test"),
+    "oasis_template_1mm": (ROOT / "data/prepared/oasis_template/datalist_1mm.json", "test"),
+    "oasis_template_2mm": (ROOT / "data/prepared/oasis_template/datalist_2mm.json", "test"),
 }
 SUMMARY = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("ncc", "image NCC"), ("sdlogj", "SDlogJ"), ("ndv_percent", "NDV (%)"),
            ("folding_percent", "det J ≤ 0 (%)"), ("seconds", "time (s)"), ("peak_rss_gib", "peak RAM (GiB)"),
@@ -116,6 +119,9 @@ def one(method: str, pair_json: str, out: str, device: str = "cpu", ants_preset:
     elif method == "elastix":
         r = bl.elastix_bspline(pair, threads=threads)
         ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
+    elif method == "convexadam":
+        r = bl.convex_adam(pair, threads=threads)
+        ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
     elif method == "classic":
         r = bl.classic_bspline(pair)
         ddf, warped, seconds = r.ddf, r.warped_labels, r.seconds
@@ -179,11 +185,13 @@ def resolve_methods(methods: str, dims: int, instance_iterations: int = 50) -> t
                 out.append(f"bundle:{b}")
                 if instance_iterations and supports_instance_optimisation(ROOT / "bundles" / b):
                     out.append(f"bundle:{b}+io{int(instance_iterations)}")
-        elif m in ("ants", "elastix"):
-            if peer_available(m):
+        elif m in ("ants", "elastix", "convexadam"):
+            if m == "convexadam" and dims != 3:
+                notes.append("convexadam: 3D only: skipped")
+            elif peer_available(m):
                 out.append(m)
             else:
-                pkg = "antspyx" if m == "ants" else "itk-elastix"
+                pkg = {"ants": "antspyx", "elastix": "itk-elastix", "convexadam": "convexadam"}[m]
                 notes.append(f"{m}: {pkg} is not installed (pip install -e .[peers]): skipped")
         elif m == "affine" and dims != 3:
             notes.append("affine: 3D only: skipped")
@@ -197,7 +205,7 @@ def resolve_methods(methods: str, dims: int, instance_iterations: int = 50) -> t
                                      "(no 'instance_iterations' in its inference.json)")  # fmt: skip
             out.append(m)
         else:
-            raise SystemExit(f"benchmark: unknown method {m!r} (zero, affine, ants, elastix, classic, bundles, "
+            raise SystemExit(f"benchmark: unknown method {m!r} (zero, affine, ants, elastix, convexadam, classic, bundles, "
                              "bundle:<name>)")  # fmt: skip
     return out, notes
 
@@ -348,7 +356,9 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     Args:
         dataset: a built-in datalist (``brain_1mm``, ``brain_2mm``: held-out synthetic pairs from label maps 19/20;
             ``cardiac``: the phantom test set; ``oasis_1mm``, ``oasis_2mm``: the real OASIS-1 T1 pairs of
-            ``prepare_data.py oasis_real``, unlabelled); ignored when ``datalist`` is given.
+            ``prepare_data.py oasis_real``, unlabelled; ``oasis_template_1mm``, ``oasis_template_2mm``: the real
+            labelled pair of ``prepare_data.py oasis_template``, OASIS subject A <-> the labelled template, both
+            directions, Dice over A's 13 structures); ignored when ``datalist`` is given.
         datalist: JSON with (moving_image, fixed_image[, moving_label, fixed_label]) entries; a CSV with those
             columns also works. Pairs without both label maps are scored on image NCC, the field and speed only.
         section: datalist section.

@@ -6,6 +6,7 @@ Usage::
     python scripts/prepare_data.py brain        # align the 20 label maps, held-out synthetic pairs, datalists
     python scripts/prepare_data.py brain_misaligned  # held-out pairs with a random affine misalignment (no pre-alignment)
     python scripts/prepare_data.py oasis_real   # align the 4 real OASIS T1s, real-pair datalist
+    python scripts/prepare_data.py oasis_template  # real labelled pair: OASIS subject A <-> labelled template
     python scripts/prepare_data.py cardiac      # 2D ED/ES phantom pairs (or --acdc_root for real ACDC)
     python scripts/prepare_data.py lumir --root /path/to/LUMIR  # datalist of a LUMIR copy (no copying)
     python scripts/prepare_data.py brain --help
@@ -352,6 +353,55 @@ def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAUL
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "align_s": timings}
 
 
+def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oasis_dir()),
+                   cache_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A real labelled pair: OASIS-1 subject A (13 structures) against the labelled template, both directions.
+
+    Uses `oasis_real`'s affinely aligned subject A and the template (MNI152NLin2009cAsym T1 + IBSR atlas, merged to
+    A's 13 structures with common.data.brain.oasis.merge_to_oasis13). Writes oasis_template/template_*_{1,2}mm,
+    copies of A's image and labels, and datalist_{1,2}mm.json with "test" = A->template and template->A. Prints
+    the overlap check behind the merge (Dice of each merged structure at the affine alignment).
+    """
+    from common.data.brain.oasis import OASIS13_STRUCTURES, merge_to_oasis13
+    from common.metrics import dice_per_label
+
+    real = Path(out_dir) / "oasis_real"
+    if not (real / "oasis_a_labels13_1mm.nii.gz").is_file():
+        oasis_real(t1_dir=t1_dir, out_dir=out_dir, cache_dir=cache_dir)
+    tpl = template(out_dir, cache_dir)
+    folder = Path(out_dir) / "oasis_template"
+    folder.mkdir(parents=True, exist_ok=True)
+    check: dict[str, float] = {}
+    for r in (1, 2):
+        img, aff = read_nifti(tpl[f"image_{r}mm"])
+        labels, _ = read_nifti(tpl[f"labels_{r}mm"], dtype=None)
+        merged = merge_to_oasis13(labels)
+        write_nifti(img, aff, folder / f"template_t1_{r}mm.nii.gz")
+        write_nifti(merged, aff, folder / f"template_labels13_{r}mm.nii.gz", dtype=np.uint8)
+        for kind in ("t1", "labels13"):
+            src = real / f"oasis_a_{kind}_{r}mm.nii.gz"
+            with atomic_path(folder / src.name) as tmp:
+                shutil.copyfile(src, tmp)
+        if r == 1:
+            a_lab, _ = read_nifti(real / "oasis_a_labels13_1mm.nii.gz", dtype=None)
+            d = dice_per_label(np.rint(a_lab).astype(np.int64), merged.astype(np.int64))
+            check = {OASIS13_STRUCTURES[int(k)][0]: round(float(v), 3) for k, v in d.items()}
+        a = {"image": f"oasis_a_t1_{r}mm.nii.gz", "label": f"oasis_a_labels13_{r}mm.nii.gz"}
+        t = {"image": f"template_t1_{r}mm.nii.gz", "label": f"template_labels13_{r}mm.nii.gz"}
+        pairs = [
+            {"id": f"{mid}_to_{fid}", "moving_image": m["image"], "moving_label": m["label"],
+             "fixed_image": f["image"], "fixed_label": f["label"]}
+            for mid, m, fid, f in (("oasis_a", a, "template", t), ("template", t, "oasis_a", a))
+        ]  # fmt: skip
+        datalist = {"description": "Real OASIS-1 subject A (13 structures) and the labelled MNI152NLin2009cAsym "
+                    "template (IBSR atlas merged to the same 13 structures), affinely aligned, both directions.",
+                    "grid": _grid_meta(r), "label_names": {str(k): v[0] for k, v in OASIS13_STRUCTURES.items()},
+                    "test": pairs}  # fmt: skip
+        write_json(datalist, folder / f"datalist_{r}mm.json")
+    print("affine-aligned Dice per merged structure (A vs template, 1 mm):", check)
+    return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "affine_dice": check}
+
+
 def cardiac(
     out_dir: str = str(DEFAULT_OUT / "cardiac"),
     n_train: int = 200,
@@ -413,6 +463,7 @@ COMMANDS = {
     "brain": brain,
     "brain_misaligned": brain_misaligned,
     "oasis_real": oasis_real,
+    "oasis_template": oasis_template,
     "cardiac": cardiac,
     "lumir": lumir,
 }

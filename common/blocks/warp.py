@@ -196,9 +196,13 @@ def _normalised_grid(coords: torch.Tensor, in_shape) -> torch.Tensor:
     """Voxel coordinates ``(B, D, *S_out)`` in a grid of shape ``in_shape`` -> grid_sample's ``(B, *S_out, D)``.
 
     Same values as ``_to_grid_sample_order(coords * 2 / (n - 1) - 1)``, written component by component into one
-    output tensor (no full-size intermediate copies).
+    output tensor (no full-size intermediate copies); under autograd (``coords`` requiring a gradient, e.g. the
+    points of instance optimisation) the same values come from differentiable operations.
     """
     dims = len(in_shape)
+    if coords.requires_grad and torch.is_grad_enabled():
+        parts = [coords[:, k] * (2.0 / max(int(n) - 1, 1)) - 1.0 for k, n in enumerate(in_shape)]
+        return torch.stack(parts[::-1], dim=-1)
     out = torch.empty((coords.shape[0], *coords.shape[2:], dims), dtype=coords.dtype, device=coords.device)
     for k, n in enumerate(in_shape):
         # grid_sample wants (x, y[, z]) = reversed array order

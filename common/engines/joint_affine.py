@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 from torch import nn
-from tqdm.auto import tqdm
 
 from common.blocks import AffineTransform, affine_normalised_to_voxel, ddf_to_affine, resize_flow
+from common.engines.instance_optimisation import InstanceOptimiser
 from common.engines.registration import PredToDDF, RegistrationLoss
 from common.losses.image import GlobalNCCLoss, LocalNCCLoss
 from common.losses.labels import SoftDiceLoss
@@ -214,24 +214,15 @@ class AffineRefinementInferer(Inferer):
         size = tuple(inputs.shape[2:])
         with torch.no_grad():
             init = network.affine_matrix(inputs).detach()
-        delta = torch.zeros_like(init, requires_grad=True)
-        optimiser = torch.optim.Adam([delta], lr=self.lr)
-        best, best_value = init, math.inf
-        with torch.enable_grad():
-            bar = tqdm(range(self.iterations + 1), desc="affine refinement", disable=not self.progress, leave=False)
-            for step in bar:
-                matrix = init + affine_normalised_to_voxel(delta, size)
-                value = self.loss(self.transform(moving, matrix)[0], fixed)
-                current = float(value.detach())
-                self.history.append(current)
-                if current < best_value:
-                    best, best_value = matrix.detach(), current
-                if step == self.iterations:  # the last update is scored, not taken further
-                    break
-                optimiser.zero_grad(set_to_none=True)
-                value.backward()
-                optimiser.step()
-                bar.set_postfix(loss=f"{current:.4f}")
+
+        def objective(delta: torch.Tensor) -> torch.Tensor:
+            return self.loss(self.transform(moving, init + affine_normalised_to_voxel(delta, size))[0], fixed)
+
+        # the one Adam loop of the project (common.engines.instance_optimisation), on the change of the map
+        delta, self.history = InstanceOptimiser.fit_affine(
+            objective, torch.zeros_like(init), self.iterations, self.lr, progress=self.progress
+        )
+        best = init + affine_normalised_to_voxel(delta, size)
         self.seconds = time.perf_counter() - start
         return best
 

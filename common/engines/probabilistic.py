@@ -18,28 +18,26 @@ predict it at half the input resolution). ``phi_z = exp(z)`` (scaling and squari
   mean field so that it does not add sampling noise.
 * :class:`SVFToDDF` (``common.engines.registration``) turns ``pred`` into the displacement of the posterior mean;
   ``SVFToDDF(inverse=True)`` gives ``exp(-mu)``.
-* :class:`InstanceOptimisationInferer` - test-time optimisation: run the network, then treat ``[mu, log_var]``
-  as parameters and minimise the same loss for the pair by gradient descent (Adam) for ``iterations`` steps.
+* test-time optimisation (the bundle's ``instance_iterations``) is the project's one engine,
+  :class:`common.engines.instance_optimisation.InstanceOptimiser`, started from the posterior mean's field and
+  diffeomorphic (``init o exp(v)``), on the input grid.
 * :class:`PosteriorUncertainty` - the per-voxel uncertainty map written by inference: the standard deviation
   (in mm, over the vector components combined) of the displacement over ``K`` posterior samples.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import Inferer
 from torch import nn
-from tqdm.auto import tqdm
 
 from common.blocks import VelocityIntegrator, one_hot, resize_flow, warp
 from common.losses.probabilistic import GaussianSmoothing, PriorKLLoss, sample_velocity
 
-__all__ = ["split_posterior", "ProbabilisticRegistrationLoss", "InstanceOptimisationInferer", "PosteriorUncertainty"]
+__all__ = ["split_posterior", "ProbabilisticRegistrationLoss", "PosteriorUncertainty"]
 
 
 def split_posterior(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,68 +162,6 @@ class ProbabilisticRegistrationLoss(nn.Module):
         terms["total"] = float(total.detach())
         self.last_terms = terms
         return total
-
-
-class InstanceOptimisationInferer(Inferer):
-    """Run the network, then optimise its posterior ``[mu, log_var]`` for this pair with the training loss.
-
-    ``inputs`` is the network input ``[moving, fixed]`` (the images the loss compares). The optimisation runs with
-    gradients enabled even inside the evaluator's ``no_grad``; the network weights are not touched.
-
-    Args:
-        loss: a :class:`ProbabilisticRegistrationLoss` (the same settings as training; labels are not used).
-        iterations: Adam steps (0: the network's prediction as is).
-        lr: Adam learning rate (on velocity voxels and log-variances).
-        seed: seed of the posterior samples drawn during the optimisation (reproducible results).
-        progress: show a progress bar.
-    """
-
-    def __init__(
-        self,
-        loss: ProbabilisticRegistrationLoss,
-        iterations: int = 0,
-        lr: float = 0.1,
-        seed: int = 0,
-        progress: bool = True,
-    ) -> None:
-        super().__init__()
-        if int(iterations) < 0:
-            raise ValueError(f"InstanceOptimisationInferer: iterations must be >= 0, got {iterations}.")
-        self.loss, self.iterations, self.lr = loss, int(iterations), float(lr)
-        self.seed, self.progress = int(seed), progress
-        self.history: list[float] = []
-        self.seconds = 0.0
-
-    def optimise(self, pred: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """Optimise ``pred`` (detached copy) for one pair; returns the optimised ``[mu, log_var]``."""
-        self.history, self.seconds = [], 0.0
-        if self.iterations == 0:
-            return pred
-        start = time.perf_counter()
-        params = pred.detach().clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([params], lr=self.lr)
-        targets = {"moving_image": moving.detach(), "fixed_image": fixed.detach()}
-        generator = torch.Generator(device=pred.device).manual_seed(self.seed)
-        previous = self.loss.generator
-        self.loss.generator = generator
-        try:
-            with torch.enable_grad():
-                bar = tqdm(range(self.iterations), desc="instance optimisation", disable=not self.progress,
-                           leave=False)  # fmt: skip
-                for _ in bar:
-                    optimiser.zero_grad(set_to_none=True)
-                    value = self.loss(params, targets)
-                    value.backward()
-                    optimiser.step()
-                    self.history.append(float(value.detach()))
-                    bar.set_postfix(loss=f"{self.history[-1]:.4f}")
-        finally:
-            self.loss.generator = previous
-        self.seconds = time.perf_counter() - start
-        return params.detach()
-
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.optimise(network(inputs, *args, **kwargs), inputs[:, :1], inputs[:, 1:2])
 
 
 class PosteriorUncertainty:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from common.losses._reduction import REDUCTIONS, reduce
 from common.losses.image import GlobalNCCLoss, LocalNCCLoss, MutualInformationLoss, NGFLoss, SSDLoss
 from common.losses.labels import BlurredBoundaryLoss, LabelSSDLoss, SoftDiceLoss, soft_dice
+from common.losses.mind import MINDSSCLoss, mind_ssc
 from common.losses.regularisers import BendingEnergyRegulariser, CurvatureRegulariser, GradientRegulariser
 
 __all__ = [
@@ -21,10 +22,12 @@ __all__ = [
     "GradientRegulariser",
     "LabelSSDLoss",
     "LocalNCCLoss",
+    "MINDSSCLoss",
     "MutualInformationLoss",
     "NGFLoss",
     "SSDLoss",
     "SoftDiceLoss",
     "reduce",
     "soft_dice",
+    "mind_ssc",
 ]

@@ -128,7 +128,7 @@ def test_affine_refinement_option_improves_a_wrong_network_affine(tmp_path):
     files = _pair(tmp_path, (26, 30, 36))
     ckpt = _checkpoint(tmp_path)  # its affine part is a fixed, wrong map for every pair
     plain = _infer(tmp_path, files, ckpt, "affine")
-    refined = _infer(tmp_path, files, ckpt, "affine", instance_iterations=60, instance_lr=0.02)
+    refined = _infer(tmp_path, files, ckpt, "affine", affine_iterations=60, affine_lr=0.02)
     before = json.loads((plain / "metrics.json").read_text())["metrics"]
     after = json.loads((refined / "metrics.json").read_text())["metrics"]
     assert after["ncc_after"] > before["ncc_after"] + 0.05, (before, after)

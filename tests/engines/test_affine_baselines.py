@@ -71,3 +71,19 @@ def test_elastix_bspline_improves_overlap_and_takes_parameter_overrides(tmp_path
     # an override replaces the map's value: no iterations leave the identity
     still = elastix_bspline(pair, threads=1, parameters={"MaximumNumberOfIterations": 0})
     assert np.abs(still.ddf).max() < 1e-3
+
+
+@pytest.mark.skipif(not peer_available("convexadam"), reason="convexadam not installed (optional peer)")
+def test_convex_adam_recovers_the_shift_in_the_repo_convention(tmp_path):
+    from common.engines.baselines import convex_adam
+
+    pair = _pair(tmp_path)
+    res = convex_adam(pair, threads=1)
+    fixed = np.asarray(nib.load(pair["fixed_label"]).dataobj).astype(np.int32)
+    moving = np.asarray(nib.load(pair["moving_label"]).dataobj).astype(np.int32)
+    before = np.mean(list(dice_per_label(moving, fixed).values()))
+    after = np.mean(list(dice_per_label(res.warped_labels, fixed).values()))
+    assert after > before + 0.1, (before, after)
+    assert res.ddf.shape == (3, *SHAPE)
+    centre = res.ddf[:, 12:24, 14:26, 10:22].reshape(3, -1).mean(1)
+    assert centre[0] > 1.5 and centre[1] < -1.0, centre  # moving(x + u) = fixed(x)

@@ -35,3 +35,117 @@ def test_rejects_mismatched_pair():
     opt = InstanceOptimiser(SSDLoss(), GradientRegulariser(), iterations=1, progress=False)
     with pytest.raises(ValueError, match="must share a grid"):
         opt(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+
+
+def _blob3d(shape, centre, width=20.0):
+    g = identity_grid(shape)[0]
+    c = torch.tensor(centre, dtype=torch.float32).view(-1, 1, 1, 1)
+    return torch.exp(-((g - c) ** 2).sum(0) / width)[None, None]
+
+
+def _centre_shift(ddf, lo=14, hi=18):
+    return ddf[0, :, lo:hi, lo:hi, lo:hi].mean(dim=(1, 2, 3))
+
+
+SHIFT = torch.tensor([2.0, -1.5, 1.0])  # fixed(x) = moving(x + SHIFT)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"image_loss": "mind", "samples": 4096, "lr": 0.3},
+        {"image_loss": "mind", "samples": 0, "lr": 0.3},
+        {"image_loss": "lncc", "ncc_kernel": 7, "lr": 0.3},
+        {"image_loss": "ssd", "samples": 4096, "lr": 0.3, "diffeomorphic": True},
+    ],
+)
+def test_coarse_to_fine_recovers_a_3d_shift(setting):
+    fixed = _blob3d((32, 32, 32), (16.0, 16.0, 16.0))
+    moving = _blob3d((32, 32, 32), tuple((16.0 + SHIFT).tolist()))
+    opt = InstanceOptimiser(regulariser="diffusion", reg_weight=0.05, iterations=[60, 40], levels=[2, 1],
+                            grid_factor=2, smoothing=1, progress=False, **setting)  # fmt: skip
+    ddf = opt(moving, fixed)
+    assert ddf.shape == (1, 3, 32, 32, 32)  # the finest level is the input grid
+    assert len(opt.history) == 100
+    assert torch.allclose(_centre_shift(ddf), SHIFT, atol=0.5), _centre_shift(ddf)
+
+
+def test_starts_from_init_and_refines_only_the_residual():
+    """From the right field nothing moves; from half of it the rest is found."""
+    fixed = _blob3d((32, 32, 32), (16.0, 16.0, 16.0))
+    moving = _blob3d((32, 32, 32), tuple((16.0 + SHIFT).tolist()))
+    right = SHIFT.view(1, 3, 1, 1, 1).expand(1, 3, 32, 32, 32).clone()
+    kw = {"image_loss": "mind", "samples": 4096, "reg_weight": 0.05, "levels": [1], "progress": False}
+    kept = InstanceOptimiser(iterations=30, lr=0.05, **kw)(moving, fixed, init=right)
+    assert torch.allclose(_centre_shift(kept), SHIFT, atol=0.2)
+    half = 0.25 * right[:, :, ::2, ::2, ::2]  # half of the shift, on a half-resolution grid (voxels of that grid)
+    found = InstanceOptimiser(iterations=60, lr=0.3, **kw)(moving, fixed, init=half)
+    assert torch.allclose(_centre_shift(found), SHIFT, atol=0.5)
+
+
+def test_zero_iterations_returns_init_on_the_input_grid():
+    init = torch.randn(1, 3, 8, 8, 8)
+    opt = InstanceOptimiser(iterations=0, levels=[2, 1], progress=False)
+    out = opt(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), init=init)
+    assert torch.equal(out, init)
+
+
+def test_deterministic_with_a_seed():
+    fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0))
+    moving = _blob3d((24, 24, 24), (13.0, 11.0, 12.5))
+    runs = [
+        InstanceOptimiser("mind", samples=2048, iterations=[10, 10], levels=[2, 1], seed=s, progress=False)(
+            moving, fixed
+        )
+        for s in (3, 3, 4)
+    ]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_diffeomorphic_large_shift_does_not_fold():
+    from common.blocks import jacobian_determinant, warp
+
+    fixed = _blob3d((32, 32, 32), (16.0, 16.0, 16.0), width=30.0)
+    moving = _blob3d((32, 32, 32), (20.0, 13.0, 16.0), width=30.0)
+    opt = InstanceOptimiser("ssd", reg_weight=0.01, iterations=[80, 40], levels=[2, 1], lr=0.5, diffeomorphic=True,
+                            progress=False)  # fmt: skip
+    ddf = opt(moving, fixed)
+    # interior (2 voxels cropped, as the Learn2Reg scorers do; border-padded integration bends the last voxels)
+    assert float(jacobian_determinant(ddf)[..., 2:-2, 2:-2, 2:-2].min()) > 0
+    assert float((warp(moving, ddf) - fixed).abs().mean()) < float((moving - fixed).abs().mean()) / 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"levels": [1, 2]}, "coarse to fine"),
+        ({"levels": [2, 1], "iterations": [5]}, "one per level"),
+        ({"image_loss": "nmi"}, "unknown image_loss"),
+        ({"regulariser": "tv"}, "unknown regulariser"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"samples": -1}, "samples must be >= 0"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=f"InstanceOptimiser: .*{message}"):
+        InstanceOptimiser(**kwargs)
+
+
+def test_bad_init_shape():
+    with pytest.raises(ValueError, match=r"init must be a displacement \(1, 3, \*S\)"):
+        InstanceOptimiser(iterations=1, progress=False)(
+            torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), init=torch.zeros(1, 2, 8, 8, 8)
+        )
+
+
+def test_fit_affine_keeps_the_best_parameters():
+    target = torch.tensor([1.0, -2.0])
+    best, history = InstanceOptimiser.fit_affine(lambda p: ((p - target) ** 2).sum(), torch.zeros(2), 200, 0.05)
+    assert torch.allclose(best, target, atol=0.05)
+    assert len(history) == 201 and history[0] == pytest.approx(5.0)
+    assert float(((best - target) ** 2).sum()) == pytest.approx(min(history))
+    start = target + 0.01
+    wild, wild_history = InstanceOptimiser.fit_affine(lambda p: ((p - target) ** 2).sum(), start, 5, 10.0)
+    assert torch.equal(wild, start)  # every step overshoots: the start is kept
+    assert all(v > wild_history[0] for v in wild_history[1:])

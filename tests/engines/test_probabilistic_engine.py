@@ -9,7 +9,6 @@ import torch
 from common.blocks import warp
 from common.engines import SVFToDDF
 from common.engines.probabilistic import (
-    InstanceOptimisationInferer,
     PosteriorUncertainty,
     ProbabilisticRegistrationLoss,
     split_posterior,
@@ -123,40 +122,6 @@ def test_sampling_uses_the_posterior_spread():
     tight = loss.last_terms["recon"]
     loss(_pred(mu, 2.0), targets)
     assert tight < 1e-6 < loss.last_terms["recon"]
-
-
-def test_instance_optimisation_improves_the_pair_and_leaves_the_network_alone():
-    torch.manual_seed(0)
-    moving, fixed = _blob_pair(shape=(32, 32, 32), shift=2.0)
-    net = ProbabilisticRegUNet(enc_channels=(4, 4, 4, 4), dec_channels=(4, 4, 4, 4, 4))
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    loss = ProbabilisticRegistrationLoss(image_sigma=0.05, prior_lambda=1.0)
-    inferer = InstanceOptimisationInferer(loss, iterations=40, lr=0.1, progress=False)
-    x = torch.cat([moving, fixed], 1)
-    with torch.no_grad():  # as inside MONAI's evaluator
-        plain = net(x)
-        tuned = inferer(x, net)
-    assert tuned.shape == plain.shape and not tuned.requires_grad
-    assert inferer.history[-1] < inferer.history[0]
-    to_ddf = SVFToDDF()
-
-    def sse(pred):
-        return float(((warp(moving, to_ddf(pred, (32, 32, 32))) - fixed) ** 2).sum())
-
-    assert sse(tuned) < 0.3 * sse(plain)
-    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
-    assert InstanceOptimisationInferer(loss, iterations=0)(x, net).equal(net(x))
-    with pytest.raises(ValueError, match="iterations"):
-        InstanceOptimisationInferer(loss, iterations=-1)
-
-
-def test_instance_optimisation_is_reproducible():
-    moving, fixed = _blob_pair(shift=1.0)
-    loss = ProbabilisticRegistrationLoss(image_sigma=0.05)
-    pred = _pred(torch.zeros(1, 3, 12, 12, 12), -4.0)
-    a = InstanceOptimisationInferer(loss, iterations=5, progress=False, seed=3).optimise(pred, moving, fixed)
-    b = InstanceOptimisationInferer(loss, iterations=5, progress=False, seed=3).optimise(pred, moving, fixed)
-    assert torch.equal(a, b)
 
 
 def test_uncertainty_map_tracks_the_posterior_variance_and_the_spacing():

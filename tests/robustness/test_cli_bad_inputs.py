@@ -250,3 +250,21 @@ def test_batch_never_overwrites_one_pair_with_another(tmp_path, ckpt):
     dl.write_text(__import__("json").dumps({"test": [{k: v for k, v in e.items() if k != "id"} for e in entries]}))
     proc = _cli("batch", "--bundle", BUNDLE, "--datalist", str(dl), "--out", str(tmp_path / "out2"), "--ckpt", ckpt)
     assert proc.returncode == 2 and "give each datalist entry a unique 'id'" in proc.stderr
+
+
+def test_instance_iterations_option(good, tmp_path, ckpt):
+    out = tmp_path / "out"
+    proc = _register(good["moving"], good["fixed"], out, ckpt, "--instance_iterations", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    metrics = json.loads((out / "moving_to_fixed" / "metrics.json").read_text())["metrics"]
+    assert metrics["instance_iterations"] == 10  # 5 per level, two levels (the bundle's instance_levels)
+    assert metrics["seconds_instance_optimisation"] > 0
+    for bad in ("-1", "many"):
+        proc = _register(good["moving"], good["fixed"], tmp_path / "bad", ckpt, "--instance_iterations", bad)
+        assert proc.returncode == 2 and "--instance_iterations must be an integer >= 0" in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad").exists()
+    proc = _cli("register", "--bundle", "cardiac_cine_ngf_bspline", "--moving", good["moving"], "--fixed",
+                good["fixed"], "--out", str(tmp_path / "c"), "--instance_iterations", "5")  # fmt: skip
+    assert proc.returncode == 2 and "has no instance optimisation" in proc.stderr, proc.stderr

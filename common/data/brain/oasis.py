@@ -21,6 +21,8 @@ from common.io.nifti import ImageReadError, read_nifti
 __all__ = [
     "OASIS_T1_FILES",
     "OASIS_A_SEG13",
+    "OASIS13_STRUCTURES",
+    "merge_to_oasis13",
     "REPO_ROOT",
     "default_oasis_dir",
     "demo_pair",
@@ -36,6 +38,35 @@ OASIS_T1_FILES: dict[str, str] = {
     "oasis_d": "oasis_d_t1_160x192x224.nii.gz",
 }
 OASIS_A_SEG13 = "oasis_a_seg13_onehot.nii.gz"
+
+# Subject A's 13 structures (channel k - 1 of the one-hot = label k): left and right merged, no cerebral white
+# matter. Identified from their overlap with the template's IBSR atlas after affine alignment (every label's
+# largest overlaps are the left and right copies of one FreeSurfer structure; `prepare_data.py oasis_template`
+# prints that overlap check) -> the FreeSurfer codes each one merges.
+OASIS13_STRUCTURES: dict[int, tuple[str, tuple[int, ...]]] = {
+    1: ("thalamus", (10, 49)),
+    2: ("cerebellum cortex", (8, 47)),
+    3: ("lateral ventricle", (4, 43)),
+    4: ("cerebellum white matter", (7, 46)),
+    5: ("putamen", (12, 51)),
+    6: ("caudate", (11, 50)),
+    7: ("pallidum", (13, 52)),
+    8: ("hippocampus", (17, 53)),
+    9: ("amygdala", (18, 54)),
+    10: ("cerebral cortex", (3, 42)),
+    11: ("3rd ventricle", (14,)),
+    12: ("4th ventricle", (15,)),
+    13: ("brain stem", (16,)),
+}
+
+
+def merge_to_oasis13(freesurfer_labels: np.ndarray) -> np.ndarray:
+    """A FreeSurfer-coded label map -> subject A's 13 merged structures (uint8, 0 = everything else)."""
+    labels = np.rint(np.asarray(freesurfer_labels)).astype(np.int64)
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    for k, (_, codes) in OASIS13_STRUCTURES.items():
+        out[np.isin(labels, codes)] = k
+    return out
 
 
 def default_oasis_dir() -> Path:
