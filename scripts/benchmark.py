@@ -166,7 +166,7 @@ def trained_bundles(dims: int) -> list[str]:
     return [b.name for b in _trained(ROOT / "bundles", dims)]
 
 
-def resolve_methods(methods: str, dims: int, instance_iterations: int = 50) -> tuple[list[str], list[str]]:
+def resolve_methods(methods: str, dims: int, instance_iterations: int = 80) -> tuple[list[str], list[str]]:
     """Expand the ``--methods`` list: ``(methods to run, messages about skipped ones)``.
 
     ``bundles`` adds ``bundle:<name>+io<instance_iterations>`` after each bundle that supports instance optimisation
@@ -350,7 +350,7 @@ def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> 
 def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = "test",
         methods: str = "zero,affine,ants,elastix,bundles", out: str = "outputs/benchmark", limit: int | None = None,
         ants_preset: str = "lumir", device: str = "cpu", threads: int = 0, timeout: float = 7200,
-        instance_iterations: int = 50) -> str:  # fmt: skip
+        instance_iterations: int = 80) -> str:  # fmt: skip
     """Benchmark ``methods`` on the labelled pairs of a datalist; write results.csv, summary.md and plots.
 
     Args:

@@ -95,7 +95,7 @@ def main(
     network (none: the configs' own, v0.2).
     ``full_run``: the run folder evaluated as the ``full`` variant (e.g. ``smooth5``, the fine-tuned third stage).
     ``instance_iterations`` > 0 adds two rows, the affine part alone and the full network with the affine part
-    refined for each pair (the bundle's ``instance_iterations`` / ``instance_lr``, instance optimisation).
+    refined for each pair (the bundle's ``affine_iterations`` / ``affine_lr``; named ``instance_*`` before 0.3.0).
     """
     network_overrides = dict(network_overrides or {})
     import evaluate_bundle
@@ -124,7 +124,7 @@ def main(
 
     refined_rows = []
     if instance_iterations:
-        refine = {"instance_iterations": int(instance_iterations), "instance_lr": float(instance_lr)}
+        refine = {"affine_iterations": int(instance_iterations), "affine_lr": float(instance_lr)}
         for component, label in (("affine", "affine part alone"), ("total", "full")):
             path = evaluate_bundle.main(
                 bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / f"full_refined_{component}"),

@@ -33,9 +33,11 @@ import torch
 from monai.transforms import MapTransform, Transform
 
 from common.engines.geometry import (
+    block_average,
     check_grid_mode,
     ddf_to_fixed_grid,
     network_grid,
+    pool_factors,
     resample_to_grid,
     warp_labels_to_fixed,
     warp_to_fixed,
@@ -118,6 +120,10 @@ class LoadRegistrationPaird(MapTransform):
             needs ``"exact_spacing"``.
         spatial_dims: 2 or 3.
         max_voxels: refuse images whose network grid would exceed this many voxels (clear message, no OOM kill).
+        data_spacing: spacing (mm) of the data the network was trained on; an image whose voxels are at least
+            twice finer is first block-averaged to about that spacing (:func:`common.engines.geometry.block_average`,
+            the rule that made the training data), so a 1 mm input is anti-aliased exactly as training was.
+            ``None``: no averaging (resampling only).
     """
 
     def __init__(
@@ -129,8 +135,10 @@ class LoadRegistrationPaird(MapTransform):
         spatial_dims: int = 3,
         max_voxels: int = 64_000_000,
         grid_mode: str = "fit_extent",
+        data_spacing: float | None = None,
     ) -> None:
         super().__init__(keys=["moving_image", "fixed_image"])
+        self.data_spacing = None if data_spacing is None else float(data_spacing)
         check_grid_mode(grid_mode, "LoadRegistrationPaird")
         self.grid_mode = grid_mode
         self.spacing, self.axcodes, self.multiple = tuple(spacing), axcodes, multiple
@@ -170,8 +178,17 @@ class LoadRegistrationPaird(MapTransform):
                     )
                 if not np.any(lab):
                     raise ImageReadError(f"{d[key]}: label map is empty (all background).")
+        # block means first, then the percentile scaling: the order that made the training data
+        t_mov, mov_src = block_average(
+            torch.as_tensor(mov)[None, None], mov_aff, pool_factors(mov_aff, self.data_spacing)
+        )
+        t_fix, fix_src = block_average(
+            torch.as_tensor(fix)[None, None], fix_aff, pool_factors(fix_aff, self.data_spacing)
+        )
+        t_mov = torch.as_tensor(normalise_intensity(t_mov[0, 0].numpy()))[None, None]
+        t_fix = torch.as_tensor(normalise_intensity(t_fix[0, 0].numpy()))[None, None]
         net_aff, net_shape = network_grid(
-            fix_aff, fix.shape, self.spacing, self.axcodes, self.multiple, self.shape, self.grid_mode
+            fix_src, tuple(t_fix.shape[2:]), self.spacing, self.axcodes, self.multiple, self.shape, self.grid_mode
         )
         if int(np.prod(net_shape)) > self.max_voxels:
             raise ImageReadError(
@@ -179,10 +196,8 @@ class LoadRegistrationPaird(MapTransform):
                 f"{np.prod(net_shape) * 4 * 60 / 2**30:.0f} GiB to process) exceeds the {self.max_voxels / 1e6:.0f} M "
                 "voxel limit; check the header spacing or crop the image."
             )
-        t_mov = torch.as_tensor(normalise_intensity(mov))[None, None]
-        t_fix = torch.as_tensor(normalise_intensity(fix))[None, None]
-        d["moving_image"] = resample_to_grid(t_mov, mov_aff, net_aff, net_shape)[0]
-        d["fixed_image"] = resample_to_grid(t_fix, fix_aff, net_aff, net_shape)[0]
+        d["moving_image"] = resample_to_grid(t_mov, mov_src, net_aff, net_shape)[0]
+        d["fixed_image"] = resample_to_grid(t_fix, fix_src, net_aff, net_shape)[0]
         d["geometry"] = {
             "net_affine": torch.as_tensor(net_aff),
             "fixed_affine": torch.as_tensor(fix_aff),

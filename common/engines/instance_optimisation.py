@@ -75,7 +75,7 @@ class InstanceOptimiser:
         image_loss: ``"lncc"``, ``"mind"``, ``"ssd"`` or a loss module ``loss(warped, fixed)`` (minimised); or one
             of those per level (e.g. ``["lncc", "mind"]``: local NCC on the coarse grid, MIND at full resolution).
         regulariser: ``"diffusion"``, ``"bending"`` or a module ``reg(field)`` on the parameter grid.
-        reg_weight: regularisation weight.
+        reg_weight: regularisation weight (one for every level, or one per level).
         iterations: Adam steps per level (one number for every level, or one per level).
         lr: Adam learning rate, in voxels of the parameter grid per step.
         levels: downsampling factors of the image grid, coarse to fine; ``(1,)`` is one level on the input grid.
@@ -95,7 +95,7 @@ class InstanceOptimiser:
         self,
         image_loss: str | nn.Module = "lncc",
         regulariser: str | nn.Module = "diffusion",
-        reg_weight: float = 1.0,
+        reg_weight: float | Sequence[float] = 1.0,
         iterations: int | Sequence[int] = 100,
         lr: float = 0.1,
         levels: Sequence[int] | int = (1,),
@@ -146,7 +146,11 @@ class InstanceOptimiser:
                 raise ValueError(f"{name}: unknown regulariser {regulariser!r}; use one of {REGULARISERS} or a module.")
             regulariser = GradientRegulariser("l2") if regulariser == "diffusion" else BendingEnergyRegulariser()
         self.regulariser = regulariser
-        self.reg_weight, self.lr = float(reg_weight), float(lr)
+        weights = [reg_weight] * len(self.levels) if isinstance(reg_weight, (int, float)) else list(reg_weight)
+        if len(weights) != len(self.levels) or any(not float(w) >= 0 for w in weights):
+            raise ValueError(f"{name}: reg_weight must be >= 0, one number or one per level, got {reg_weight}.")
+        self.reg_weights = [float(w) for w in weights]
+        self.lr = float(lr)
         self.grid_factor, self.smoothing, self.samples = int(grid_factor), int(smoothing), int(samples)
         self.mind_radius, self.mind_dilation, self.seed, self.progress = mind_radius, mind_dilation, seed, progress
         self.integrator = VelocityIntegrator() if diffeomorphic else None
@@ -270,7 +274,7 @@ class InstanceOptimiser:
                 reg_field = self._residual(params, shape)
                 if init_p is not None:
                     reg_field = reg_field + init_p
-                loss = sim + self.reg_weight * self.regulariser(reg_field)
+                loss = sim + self.reg_weights[level] * self.regulariser(reg_field)
                 loss.backward()
                 optimiser.step()
                 value = float(loss.detach())

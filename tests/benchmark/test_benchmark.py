@@ -141,15 +141,17 @@ def test_instance_optimisation_methods_are_parsed_expanded_and_forwarded(monkeyp
     assert benchmark.split_bundle_method("bundle:brain_mri_hybrid_loss") == ("brain_mri_hybrid_loss", 0)
     with pytest.raises(SystemExit, match=r"\+io<iterations>"):
         benchmark.split_bundle_method("bundle:brain_mri_prob_diffeo+iofifty")
-    # the probabilistic bundle (its velocity field) and the joint affine bundle (its affine part) have it
-    assert benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_prob_diffeo")
-    assert benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_joint_affine")
-    assert not benchmark.supports_instance_optimisation(ROOT / "bundles" / "brain_mri_hybrid_loss")
+    # every 3D brain bundle has it (the one engine, issue 25); the 2D cardiac bundle does not
+    for name in ("brain_mri_prob_diffeo", "brain_mri_joint_affine", "brain_mri_hybrid_loss", "brain_mri_lumir_cascade"):
+        assert benchmark.supports_instance_optimisation(ROOT / "bundles" / name), name
+    assert not benchmark.supports_instance_optimisation(ROOT / "bundles" / "cardiac_cine_ngf_bspline")
     with pytest.raises(SystemExit, match="has no instance optimisation"):
-        benchmark.resolve_methods("bundle:brain_mri_hybrid_loss+io50", dims=3)
-    monkeypatch.setattr(benchmark, "trained_bundles", lambda dims: ["brain_mri_hybrid_loss", "brain_mri_prob_diffeo"])
+        benchmark.resolve_methods("bundle:cardiac_cine_ngf_bspline+io50", dims=2)
+    monkeypatch.setattr(
+        benchmark, "trained_bundles", lambda dims: ["cardiac_cine_ngf_bspline", "brain_mri_prob_diffeo"]
+    )
     todo, _ = benchmark.resolve_methods("zero,bundles", dims=3, instance_iterations=200)
-    assert todo == ["zero", "bundle:brain_mri_hybrid_loss", "bundle:brain_mri_prob_diffeo",
+    assert todo == ["zero", "bundle:cardiac_cine_ngf_bspline", "bundle:brain_mri_prob_diffeo",
                     "bundle:brain_mri_prob_diffeo+io200"]  # fmt: skip
     assert "bundle:brain_mri_prob_diffeo+io0" not in benchmark.resolve_methods("bundles", 3, 0)[0]
 

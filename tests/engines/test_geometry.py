@@ -247,3 +247,46 @@ def test_load_registration_pair_rejects_an_unknown_grid_mode_when_built():
 
     with pytest.raises(ValueError, match="LoadRegistrationPaird: `grid_mode`.*'spacingd'"):
         LoadRegistrationPaird(spacing=(4, 4, 4), grid_mode="spacingd")
+
+
+def test_block_average_is_the_training_data_rule_and_keeps_world_positions():
+    from common.data.brain.template import TEMPLATE_GRID_1MM, TEMPLATE_GRID_2MM, downsample_image_2x
+    from common.engines.geometry import block_average, pool_factors
+
+    rng = np.random.default_rng(0)
+    img = rng.random((16, 12, 10)).astype(np.float32)
+    aff1 = TEMPLATE_GRID_1MM.affine
+    pooled, aff = block_average(torch.as_tensor(img)[None, None], aff1, pool_factors(aff1, 2.0))
+    np.testing.assert_allclose(pooled[0, 0].numpy(), downsample_image_2x(img), rtol=1e-6)
+    np.testing.assert_allclose(aff, TEMPLATE_GRID_2MM.affine)  # block centres = the 2 mm template grid
+    assert pool_factors(aff1, 2.0) == (2, 2, 2)
+    assert pool_factors(TEMPLATE_GRID_2MM.affine, 2.0) == (1, 1, 1)
+    assert pool_factors(aff1, 4.0) == (4, 4, 4) and pool_factors(aff1, None) == (1, 1, 1)
+    odd, _ = block_average(torch.ones(1, 1, 9, 8, 7), aff1, (2, 2, 2))
+    assert odd.shape[2:] == (4, 4, 3)  # the last odd voxel of an axis is dropped
+
+
+def test_load_pair_gives_a_1mm_image_the_2mm_network_input_of_its_2mm_version(tmp_path):
+    """A 1 mm image and its 2x2x2 block mean (how the 2 mm training data were made) reach a 2 mm network as the
+    same array; with data_spacing unset the 1 mm image is only resampled (aliased), and differs."""
+    import nibabel as nib
+
+    from common.data.brain.template import TEMPLATE_GRID_1MM, TEMPLATE_GRID_2MM, downsample_image_2x
+    from common.engines.inference import LoadRegistrationPaird
+
+    rng = np.random.default_rng(1)
+    img1 = rng.random((32, 32, 32)).astype(np.float32)
+    img2 = downsample_image_2x(img1)
+    paths = {}
+    for name, arr, aff in (("one", img1, TEMPLATE_GRID_1MM.affine), ("two", img2, TEMPLATE_GRID_2MM.affine)):
+        nib.save(nib.Nifti1Image(arr, aff), tmp_path / f"{name}.nii.gz")
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+    load = LoadRegistrationPaird(spacing=(2.0, 2.0, 2.0), axcodes="LIA", multiple=16, data_spacing=2.0)
+    a = load({"moving_image": paths["one"], "fixed_image": paths["one"]})
+    b = load({"moving_image": paths["two"], "fixed_image": paths["two"]})
+    torch.testing.assert_close(a["geometry"]["net_affine"], b["geometry"]["net_affine"])
+    torch.testing.assert_close(a["fixed_image"], b["fixed_image"], atol=1e-5, rtol=0)
+    plain = LoadRegistrationPaird(spacing=(2.0, 2.0, 2.0), axcodes="LIA", multiple=16)
+    c = plain({"moving_image": paths["one"], "fixed_image": paths["one"]})
+    same = c["fixed_image"].shape == b["fixed_image"].shape and torch.allclose(c["fixed_image"], b["fixed_image"])
+    assert not same  # resampling alone is not what training saw

@@ -57,6 +57,7 @@ SHIFT = torch.tensor([2.0, -1.5, 1.0])  # fixed(x) = moving(x + SHIFT)
         {"image_loss": "mind", "samples": 0, "lr": 0.3},
         {"image_loss": "lncc", "ncc_kernel": 7, "lr": 0.3},
         {"image_loss": "ssd", "samples": 4096, "lr": 0.3, "diffeomorphic": True},
+        {"image_loss": ["lncc", "mind"], "ncc_kernel": 7, "samples": 4096, "lr": 0.3},
     ],
 )
 def test_coarse_to_fine_recovers_a_3d_shift(setting):
@@ -125,6 +126,9 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"regulariser": "tv"}, "unknown regulariser"),
         ({"lr": 0}, "lr must be > 0"),
         ({"samples": -1}, "samples must be >= 0"),
+        ({"levels": [2, 1], "reg_weight": [1.0]}, "reg_weight must be >= 0, one number or one per level"),
+        ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
+        ({"levels": [2, 1], "image_loss": ["lncc"]}, "image_loss must be one loss or one per level"),
     ],
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):

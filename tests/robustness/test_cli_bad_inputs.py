@@ -254,12 +254,12 @@ def test_batch_never_overwrites_one_pair_with_another(tmp_path, ckpt):
 
 def test_instance_iterations_option(good, tmp_path, ckpt):
     out = tmp_path / "out"
-    proc = _register(good["moving"], good["fixed"], out, ckpt, "--instance_iterations", "5")
+    proc = _register(good["moving"], good["fixed"], out, ckpt, "--instance_iterations", "8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
     metrics = json.loads((out / "moving_to_fixed" / "metrics.json").read_text())["metrics"]
-    assert metrics["instance_iterations"] == 10  # 5 per level, two levels (the bundle's instance_levels)
+    assert metrics["instance_iterations"] == 9  # 8 x the bundle's instance_schedule [1, 0.125]: 8 + 1 steps
     assert metrics["seconds_instance_optimisation"] > 0
     for bad in ("-1", "many"):
         proc = _register(good["moving"], good["fixed"], tmp_path / "bad", ckpt, "--instance_iterations", bad)
