@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,18 @@ def one(method: str, pair_json: str, out: str, device: str = "cpu", ants_preset:
 
 
 # ---------------------------------------------------------------------------------------------- parent side
-def _spawn(args: list[str], timeout: float) -> tuple[int, float, float, str]:
-    """Run this script as a child; return (exit code, wall s, peak RSS GiB of that child alone, stderr tail)."""
+def _spawn(args: list[str], timeout: float, threads: int = 0) -> tuple[int, float, float, str]:
+    """Run this script as a child; return (exit code, wall s, peak RSS GiB of that child alone, stderr tail).
+
+    ``threads > 0`` caps the child's OpenMP/MKL/torch threads (each method then uses that many cores)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if threads:
+        env.update(
+            {
+                k: str(int(threads))
+                for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+            }
+        )
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.DEVNULL,
@@ -350,7 +360,7 @@ def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> 
 def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = "test",
         methods: str = "zero,affine,ants,elastix,bundles", out: str = "outputs/benchmark", limit: int | None = None,
         ants_preset: str = "lumir", device: str = "cpu", threads: int = 0, timeout: float = 7200,
-        instance_iterations: int = 80) -> str:  # fmt: skip
+        instance_iterations: int = 80, jobs: int = 1, ants_limit: int = 0, resume: bool = False) -> str:  # fmt: skip
     """Benchmark ``methods`` on the labelled pairs of a datalist; write results.csv, summary.md and plots.
 
     Args:
@@ -367,10 +377,15 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
         limit: only the first ``limit`` pairs.
         ants_preset: ``lumir`` (organisers' settings), ``script`` or ``fast``; the summary names it.
         device: torch device for the bundles.
-        threads: threads for ANTs/elastix (default: all cores).
+        threads: threads of every method (OpenMP/MKL/ITK/torch in its subprocess; default: all cores).
         timeout: seconds per registration before it is killed and recorded as failed.
         instance_iterations: with ``bundles``, also run each bundle that has instance optimisation with this many
             iterations (0: network only).
+        jobs: registrations run at the same time (e.g. ``--jobs 2 --threads 1``: ANTs on one core while the
+            other methods take the other); the summary says so.
+        ants_limit: run ANTs on the first N pairs only (at 1 mm it takes 30-60 min per pair on 2 cores).
+        resume: reuse the results of an earlier, interrupted call with the same ``out`` (each finished
+            registration's field is kept under ``work/``); ``results.csv`` is rewritten after every result.
     """
     if datalist is None:
         if dataset not in DATASETS:
@@ -409,52 +424,101 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     (out_dir / "work").mkdir(parents=True, exist_ok=True)
     from common.metrics import evaluate_registration
 
+    # one task per (pair, method); ANTs first (the longest), on its first `ants_limit` pairs only
+    tasks: list[tuple[int, str]] = []
+    for i in range(len(pairs)):
+        tasks += [(i, m) for m in todo if m == "ants" and (not ants_limit or i < int(ants_limit))]
+    for i in range(len(pairs)):
+        tasks += [(i, m) for m in todo if m != "ants"]
+    if ants_limit and "ants" in todo and len(pairs) > int(ants_limit):
+        notes.append(f"ANTs ran on the first {int(ants_limit)} of {len(pairs)} pairs only (--ants_limit); "
+                     "its speed ratios are for those pairs")  # fmt: skip
+    if jobs > 1:
+        notes.append(f"{int(jobs)} registrations ran at a time (--jobs), {threads or 'all'} thread(s) each")
+    pids = [pairs[i].get("id") or f"pair_{i:03d}" for i in range(len(pairs))]
+    for i, pair in enumerate(pairs):
+        child_pair = pair if is_labelled(pair) else stand_in_labels(pair, out_dir / "work", pids[i])
+        (out_dir / "work" / f"{pids[i]}.json").write_text(json.dumps(child_pair))
+
+    def result_path(i: int, method: str) -> Path:
+        return out_dir / "work" / f"{pids[i]}__{method.replace(':', '_')}.npz"
+
+    def execute(task: tuple[int, str]) -> tuple[int, str, int, float, float, str]:
+        i, method = task
+        res_path, meta = result_path(i, method), result_path(i, method).with_suffix(".json")
+        if resume and res_path.is_file() and meta.is_file():  # finished in an earlier call of this run
+            m = json.loads(meta.read_text())
+            return i, method, 0, m["wall_s"], m["peak_rss_gib"], ""
+        args = ["one", "--method", method, "--pair_json", str(out_dir / "work" / f"{pids[i]}.json"),
+                "--out", str(res_path), "--device", device, "--ants_preset", ants_preset,
+                "--threads", str(threads)]  # fmt: skip
+        code, wall, peak, err = _spawn(args, timeout, threads)
+        if code == 0 and res_path.is_file():
+            meta.write_text(json.dumps({"wall_s": wall, "peak_rss_gib": peak}))
+        return i, method, code, wall, peak, err
+
+    loaded: dict[int, dict[str, Any]] = {}
+
+    def pair_data(i: int) -> dict[str, Any]:
+        if i not in loaded:
+            child_pair = json.loads((out_dir / "work" / f"{pids[i]}.json").read_text())
+            fixed_lab, f_aff = read_nifti(child_pair["fixed_label"], dtype=np.int32)
+            loaded[i] = {
+                "fixed_lab": fixed_lab,
+                "moving_lab": read_nifti(child_pair["moving_label"], dtype=np.int32)[0],
+                "fixed_img": read_nifti(pairs[i]["fixed_image"])[0],
+                "moving_img": read_nifti(pairs[i]["moving_image"])[0],
+                "spacing": tuple(float(v) for v in np.sqrt((f_aff[:dims, :dims] ** 2).sum(0))),
+                "labelled": is_labelled(pairs[i]),
+            }
+        return loaded[i]
+
     rows: list[dict[str, Any]] = []
     qc: dict[str, Any] | None = None
-    for i, pair in enumerate(tqdm(pairs, desc="pairs", unit="pair")):
-        pid = pair.get("id") or f"pair_{i:03d}"
-        pair_json = out_dir / "work" / f"{pid}.json"
-        has_labels = is_labelled(pair)
-        child_pair = pair if has_labels else stand_in_labels(pair, out_dir / "work", pid)
-        pair_json.write_text(json.dumps(child_pair))
-        fixed_lab, f_aff = read_nifti(child_pair["fixed_label"], dtype=np.int32)
-        moving_lab, _ = read_nifti(child_pair["moving_label"], dtype=np.int32)
-        fixed_img, _ = read_nifti(pair["fixed_image"])
-        moving_img, _ = read_nifti(pair["moving_image"])
-        spacing = tuple(float(v) for v in np.sqrt((f_aff[:dims, :dims] ** 2).sum(0)))
-        if i == 0:
-            qc = {"fixed": fixed_lab if has_labels else fixed_img, "warped": {}, "labels": has_labels}
-        for method in tqdm(todo, desc=pid, unit="method", leave=False):
-            res_path = out_dir / "work" / f"{pid}__{method.replace(':', '_')}.npz"
-            args = ["one", "--method", method, "--pair_json", str(pair_json), "--out", str(res_path),
-                    "--device", device, "--ants_preset", ants_preset, "--threads", str(threads)]  # fmt: skip
-            code, wall, peak, err = _spawn(args, timeout)
+    fields = ["pair", "method", "dice_mean", "hd95_mean", "ncc", "sdlogj", "ndv_percent", "folding_percent", "seconds",
+              "wall_s", "peak_rss_gib", "speedup_vs_ants", "error", "dice_per_label"]  # fmt: skip
+
+    def write_rows() -> None:  # after every result, so that a stopped run keeps what it measured
+        order = {(i, m): k for k, (i, m) in enumerate((i, m) for i in range(len(pairs)) for m in todo)}
+        rows.sort(key=lambda r: order[(pids.index(r["pair"]), r["method"])])
+        speed_ratios(rows)
+        with atomic_path(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+        futures = [pool.submit(execute, t) for t in tasks]
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="registrations", unit="run"):
+            i, method, code, wall, peak, err = fut.result()
+            pid, d = pids[i], pair_data(i)
+            res_path = result_path(i, method)
             row: dict[str, Any] = {"pair": pid, "method": method, "wall_s": round(wall, 2),
                                    "peak_rss_gib": round(peak, 3)}  # fmt: skip
             if code != 0 or not res_path.is_file():
-                print(f"benchmark: {method} failed on {pid} (exit {code}): {error_line(err)}")
+                tqdm.write(f"benchmark: {method} failed on {pid} (exit {code}): {error_line(err)}")
                 rows.append({**row, "error": f"exit {code}"})
+                write_rows()
                 continue
             with np.load(res_path) as z:
                 ddf, warped, seconds = z["ddf"], z["warped"], float(z["seconds"])
             # unlabelled pairs: all-background stand-ins, so Dice and HD95 come out nan (not scored)
-            m = evaluate_registration(ddf, warped, fixed_lab, spacing, labels=(labels or None) if has_labels else [],
-                                      moving_labels=moving_lab)  # fmt: skip
+            m = evaluate_registration(ddf, warped, d["fixed_lab"], d["spacing"],
+                                      labels=(labels or None) if d["labelled"] else [],
+                                      moving_labels=d["moving_lab"])  # fmt: skip
             row.update({k: m[k] for k in ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_percent")})
-            row["ncc"] = image_ncc(moving_img, fixed_img, ddf)
+            row["ncc"] = image_ncc(d["moving_img"], d["fixed_img"], ddf)
             row["seconds"] = round(seconds, 3)
             row["dice_per_label"] = json.dumps({str(k): round(float(v), 4) for k, v in m["dice_per_label"].items()})
             rows.append(row)
-            if qc is not None and i == 0:
-                qc["warped"][method] = warped if has_labels else _warp_image(moving_img, ddf)
-    speed_ratios(rows)
+            write_rows()
+            if i == 0:
+                if qc is None:
+                    qc = {"fixed": d["fixed_lab"] if d["labelled"] else d["fixed_img"], "warped": {},
+                          "labels": d["labelled"]}  # fmt: skip
+                qc["warped"][method] = warped if d["labelled"] else _warp_image(d["moving_img"], ddf)
+    write_rows()
     ok = [r for r in rows if "error" not in r]
-    fields = ["pair", "method", "dice_mean", "hd95_mean", "ncc", "sdlogj", "ndv_percent", "folding_percent", "seconds",
-              "wall_s", "peak_rss_gib", "speedup_vs_ants", "error", "dice_per_label"]  # fmt: skip
-    with atomic_path(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
     plots = _plots(ok, out_dir, qc) if ok else []
     import platform
 

@@ -22,7 +22,12 @@ descriptors, :mod:`common.losses.mind`; descriptors of both images are computed 
 moving descriptors compared, as ConvexAdam and Heinrich et al. do), ``"ssd"`` or any loss module. For the pointwise
 ones (``"mind"``, ``"ssd"``) ``samples > 0`` evaluates the similarity at that many random voxels per step (a new
 draw every step, seeded) instead of the whole grid: the finest level then still reads every 1 mm voxel's
-descriptor, at a fraction of the cost (elastix's random sampler works the same way). Regularisers:
+descriptor, at a fraction of the cost (elastix's random sampler works the same way). For ``"lncc"``,
+``samples > 0`` evaluates it on random cubes of ``patch_size`` voxels (``samples // patch_size**D`` of them per
+step) centred on foreground voxels (either image above its minimum + 1 % of its range), scored on each cube's
+interior (``ncc_kernel // 2`` voxels in from its faces, where every window lies inside the cube) and multiplied
+by the foreground fraction: background windows score a constant and carry no gradient, so this estimates the
+dense mean up to a constant, its gradient the dense gradient, and ``reg_weight`` keeps its meaning. Regularisers:
 ``"diffusion"`` (:class:`common.losses.GradientRegulariser`, ``l2``), ``"bending"``
 (:class:`common.losses.BendingEnergyRegulariser`) or a module.
 
@@ -49,6 +54,7 @@ from common.blocks import (
     warp,
 )
 from common.losses import BendingEnergyRegulariser, GradientRegulariser, LocalNCCLoss, SSDLoss
+from common.losses.image import valid_lncc_map
 from common.losses.mind import box_mean, mind_ssc
 from common.losses.probabilistic import GaussianSmoothing
 
@@ -57,6 +63,28 @@ __all__ = ["InstanceOptimiser", "SIMILARITIES", "REGULARISERS"]
 SIMILARITIES = ("lncc", "mind", "ssd")
 REGULARISERS = ("diffusion", "bending")
 _POINTWISE = ("mind", "ssd")
+
+
+def _unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Flat (C-order) voxel indices ``(n,)`` -> coordinates ``(D, n)``."""
+    idx, rest = [], flat
+    for s in reversed(shape):
+        idx.append(rest % s)
+        rest = rest // s
+    return torch.stack(idx[::-1])
+
+
+def _foreground(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the voxels where either image's first channel is above its minimum + 1 % of its range
+    (every voxel when there is none)."""
+
+    def above(t: torch.Tensor) -> torch.Tensor:
+        lo, hi = t.min(), t.max()
+        return t > lo + 0.01 * (hi - lo)
+
+    mask = (above(moving[0, 0]) | above(fixed[0, 0])).flatten()
+    idx = torch.nonzero(mask).flatten().cpu()
+    return idx if idx.numel() else torch.arange(mask.numel())
 
 
 def _as_levels(levels: Sequence[int] | int) -> tuple[int, ...]:
@@ -84,7 +112,10 @@ class InstanceOptimiser:
         bspline_stride: optimise cubic B-spline control points with this spacing (voxels of the level) instead
             of a dense residual (``grid_factor`` and ``smoothing`` are then ignored).
         smoothing: passes of a 3-voxel box filter applied to the dense residual every step (0 = none).
-        samples: for ``"mind"``/``"ssd"``, random voxels per step where the similarity is evaluated (0 = all).
+        samples: random voxels per step where the similarity is evaluated (0 = all): single voxels for
+            ``"mind"``/``"ssd"``, foreground cubes of ``patch_size`` for ``"lncc"`` (module docstring); one
+            number for every level or one per level (e.g. ``[0, 524288]``: dense on the coarse level).
+        patch_size: side of the ``"lncc"`` cubes in voxels (> ``ncc_kernel``).
         ncc_kernel: window of ``"lncc"`` in voxels.
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance in voxels.
         seed: seed of the voxel sampling.
@@ -103,7 +134,8 @@ class InstanceOptimiser:
         diffeomorphic: bool = False,
         bspline_stride: int | None = None,
         smoothing: int = 0,
-        samples: int = 0,
+        samples: int | Sequence[int] = 0,
+        patch_size: int = 16,
         ncc_kernel: int = 9,
         mind_radius: int = 1,
         mind_dilation: int = 2,
@@ -122,8 +154,14 @@ class InstanceOptimiser:
             raise ValueError(f"{name}: grid_factor must be >= 1, got {grid_factor}.")
         if not lr > 0:
             raise ValueError(f"{name}: lr must be > 0, got {lr}.")
-        if smoothing < 0 or samples < 0:
-            raise ValueError(f"{name}: smoothing and samples must be >= 0, got {smoothing}, {samples}.")
+        counts = [samples] * len(self.levels) if isinstance(samples, (int, float)) else list(samples)
+        if smoothing < 0 or len(counts) != len(self.levels) or any(int(c) != c or c < 0 for c in counts):
+            raise ValueError(
+                f"{name}: smoothing must be >= 0 and samples an integer >= 0 or one per level "
+                f"({len(self.levels)}), got {smoothing}, {samples}."
+            )
+        if int(patch_size) != patch_size or patch_size <= ncc_kernel:
+            raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({ncc_kernel}), got {patch_size}.")
         losses = list(image_loss) if isinstance(image_loss, (list, tuple)) else [image_loss] * len(self.levels)
         if len(losses) != len(self.levels):
             raise ValueError(
@@ -151,7 +189,9 @@ class InstanceOptimiser:
             raise ValueError(f"{name}: reg_weight must be >= 0, one number or one per level, got {reg_weight}.")
         self.reg_weights = [float(w) for w in weights]
         self.lr = float(lr)
-        self.grid_factor, self.smoothing, self.samples = int(grid_factor), int(smoothing), int(samples)
+        self.grid_factor, self.smoothing = int(grid_factor), int(smoothing)
+        self.samples = [int(c) for c in counts]
+        self.patch_size, self.ncc_kernel = int(patch_size), int(ncc_kernel)
         self.mind_radius, self.mind_dilation, self.seed, self.progress = mind_radius, mind_dilation, seed, progress
         self.integrator = VelocityIntegrator() if diffeomorphic else None
         self.bspline = BSplineTransformer(bspline_stride) if bspline_stride else None
@@ -182,27 +222,29 @@ class InstanceOptimiser:
             return mind_ssc(image, self.mind_radius, self.mind_dilation)
         return image
 
-    def _residual(self, params: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        """The residual (or velocity) on the parameter grid from the parameters."""
-        if self.bspline is not None:
-            return params
-        for _ in range(self.smoothing):
-            params = box_mean(params, 1)
+    def _residual(self, params: torch.Tensor) -> torch.Tensor:
+        """The residual (or velocity) on the parameter grid: dense parameters smoothed, control points as they are."""
+        if self.bspline is None:
+            for _ in range(self.smoothing):
+                params = box_mean(params, 1)
         return params
 
-    def _to_level(self, field: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        if self.bspline is not None:
-            return self.bspline(field, size)
-        return resize_flow(field, size)
+    def _dense_residual(self, params: torch.Tensor) -> torch.Tensor:
+        """Dense parameters -> residual displacement on the parameter grid (``exp(v)`` when diffeomorphic)."""
+        r = self._residual(params)
+        return self.integrator(r) if self.integrator is not None else r
 
     def field(self, params: torch.Tensor, size: tuple[int, ...], init: torch.Tensor | None = None) -> torch.Tensor:
-        """Total displacement on a grid of ``size`` from the parameters and the (fixed) ``init`` on that grid."""
-        r = self._residual(params, size)
-        if self.integrator is not None:
-            r = self.integrator(r) if self.bspline is None else r
-        r = self._to_level(r, size)
-        if self.integrator is not None and self.bspline is not None:
-            r = self.integrator(r)
+        """Total displacement on a grid of ``size`` from the parameters and the (fixed) ``init`` on that grid.
+
+        Dense parameters are smoothed (and integrated when diffeomorphic) on their own grid, then resized; B-spline
+        control points are evaluated on ``size`` first (and the velocity integrated there).
+        """
+        if self.bspline is None:
+            r = resize_flow(self._dense_residual(params), size)
+        else:
+            r = self.bspline(params, size)
+            r = self.integrator(r) if self.integrator is not None else r
         if init is None:
             return r
         return compose_ddf(init, r) if self.integrator is not None else init + r
@@ -264,14 +306,22 @@ class InstanceOptimiser:
             if init_l is not None and self.integrator is None and self.bspline is None:
                 init_p = resize_flow(init_l, params.shape[2:])  # regularise the total field on the parameter grid
             optimiser = torch.optim.Adam([params], lr=self.lr)
-            sampled = kind in _POINTWISE and self.bspline is None and 0 < self.samples < feat_f[0, 0].numel()
+            samples = self.samples[level]
+            sampled = kind in _POINTWISE and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
+            cubes = (
+                kind == "lncc" and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
+                and min(shape) >= self.patch_size
+            )  # fmt: skip
+            foreground = _foreground(feat_m, feat_f) if cubes else None
             for _ in range(iterations):
                 optimiser.zero_grad(set_to_none=True)
-                if sampled:
-                    sim = self._sampled_similarity(params, shape, init_l, feat_m, feat_f, generator)
+                if cubes:
+                    sim = self._cube_lncc(params, shape, init_l, feat_m, feat_f, foreground, generator, samples)
+                elif sampled:
+                    sim = self._sampled_similarity(params, shape, init_l, feat_m, feat_f, generator, samples)
                 else:
                     sim = self._dense_similarity(params, shape, init_l, feat_m, feat_f, kind, similarity)
-                reg_field = self._residual(params, shape)
+                reg_field = self._residual(params)
                 if init_p is not None:
                     reg_field = reg_field + init_p
                 loss = sim + self.reg_weights[level] * self.regulariser(reg_field)
@@ -294,26 +344,12 @@ class InstanceOptimiser:
 
     def _dense_similarity(self, params, shape, init_l, feat_m, feat_f, kind, similarity) -> torch.Tensor:
         warped = warp(feat_m, self.field(params, shape, init_l))
-        if kind == "mind":
-            return ((warped - feat_f) ** 2).mean()
-        return similarity(warped, feat_f)
+        return F.mse_loss(warped, feat_f) if kind == "mind" else similarity(warped, feat_f)
 
-    def _sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator) -> torch.Tensor:
-        """Pointwise similarity at ``samples`` random voxels; the field is interpolated only there (dense grid)."""
+    def _displacement_at(self, params, shape, init_l, x: torch.Tensor) -> torch.Tensor:
+        """Total displacement at voxel coordinates ``x`` ``(1, D, *P)`` of the level grid (dense parameters)."""
         dims = len(shape)
-        n = self.samples
-        # voxels drawn with replacement, visited in memory order (far fewer cache misses than a random order)
-        flat = torch.randint(0, int(torch.tensor(shape).prod()), (n,), generator=generator).sort().values
-        idx, rest = [], flat
-        for s in reversed(shape):
-            idx.append(rest % s)
-            rest = rest // s
-        idx = torch.stack(idx[::-1]).to(feat_f.device)
-        flat = flat.to(feat_f.device)
-        x = idx.to(feat_f.dtype).view(1, dims, n, *([1] * (dims - 1)))  # the points as an (n, 1[, 1]) grid
-        r = self._residual(params, shape)
-        if self.integrator is not None:
-            r = self.integrator(r)
+        r = self._dense_residual(params)
         # r lives on the parameter grid, in its voxels: read it at x scaled into that grid, rescale the vectors
         scale = torch.tensor([(p - 1) / (s - 1) for p, s in zip(r.shape[2:], shape)], dtype=x.dtype, device=x.device)
         scale = scale.view(1, dims, *([1] * dims))
@@ -321,9 +357,45 @@ class InstanceOptimiser:
         if init_l is not None:  # total = init + r, or init o exp(v): r(x) + init(x + r(x))
             at = x + u if self.integrator is not None else x
             u = u + sample_at(init_l, at, padding_mode="border")
+        return u
+
+    def _sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, n: int) -> torch.Tensor:
+        """Pointwise similarity at ``samples`` random voxels; the field is interpolated only there (dense grid)."""
+        dims = len(shape)
+        # voxels drawn with replacement, visited in memory order (far fewer cache misses than a random order)
+        flat = torch.randint(0, int(torch.tensor(shape).prod()), (n,), generator=generator).sort().values
+        idx = _unravel(flat, shape).to(feat_f.device)  # (D, n)
+        flat = flat.to(feat_f.device)
+        x = idx.to(feat_f.dtype).view(1, dims, n, *([1] * (dims - 1)))  # the points as an (n, 1[, 1]) grid
+        u = self._displacement_at(params, shape, init_l, x)
         target = feat_f.flatten(2)[:, :, flat]
         moved = sample_at(feat_m, x + u, padding_mode="border").flatten(2)
         return ((moved - target) ** 2).mean()
+
+    def _cube_lncc(self, params, shape, init_l, mov, fix, foreground, generator, samples: int) -> torch.Tensor:
+        """LNCC on random foreground cubes, times the foreground fraction (an estimate of the dense mean)."""
+        dims, side = len(shape), self.patch_size
+        cubes = max(1, samples // side**dims)
+        centres = foreground[torch.randint(0, foreground.numel(), (cubes,), generator=generator)].sort().values
+        size = torch.tensor(shape)
+        corner = torch.minimum((_unravel(centres, shape).T - side // 2).clamp(min=0), size - side)  # (K, D)
+        offsets = torch.stack(torch.meshgrid(*[torch.arange(side)] * dims, indexing="ij"))  # (D, P, ..)
+        idx = corner.T.reshape(dims, cubes, *([1] * dims)) + offsets.unsqueeze(1)  # (D, K, P, ..)
+        idx = idx.reshape(dims, cubes * side, *([side] * (dims - 1))).to(fix.device)
+        flat = torch.zeros_like(idx[0])
+        for axis, s in enumerate(shape):
+            flat = flat * s + idx[axis]
+        x = idx.to(fix.dtype).unsqueeze(0)  # (1, D, K*P, P, ..)
+        u = self._displacement_at(params, shape, init_l, x)
+        channels = fix.shape[1]
+
+        def per_cube(t: torch.Tensor) -> torch.Tensor:  # (1, C, K*P, P, ..) -> (K, C, P, P, ..)
+            return t.reshape(channels, cubes, *([side] * dims)).transpose(0, 1)
+
+        moved = per_cube(sample_at(mov, x + u, padding_mode="border"))
+        target = per_cube(fix.flatten(2)[:, :, flat.flatten()])
+        fraction = foreground.numel() / float(fix[0, 0].numel())
+        return valid_lncc_map(moved, target, self.ncc_kernel).mean() * fraction
 
     # -- affine -------------------------------------------------------------------------------------------------
     @staticmethod

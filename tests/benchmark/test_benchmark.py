@@ -181,3 +181,38 @@ def test_profile_names_unknown_bundles(monkeypatch):
     monkeypatch.setattr(benchmark, "trained_bundles", lambda dims: ["brain_mri_hybrid_loss", "brain_mri_joint_affine"])
     with pytest.raises(SystemExit, match="not a trained 3D bundle: brain_mri_nonesuch"):
         benchmark.profile(bundles="brain_mri_joint_affine,brain_mri_nonesuch")
+
+
+def test_jobs_ants_limit_and_resume(tmp_path, monkeypatch):
+    import common.engines.baselines as bl
+
+    pairs = [_disc_pair(tmp_path, i, shift) for i, shift in enumerate((3.0, -2.0))]
+    dl = tmp_path / "pairs.json"
+    dl.write_text(json.dumps({"test": pairs}))
+    out = tmp_path / "bench"
+    calls = []
+
+    def fake_spawn(args, timeout, threads=0):  # a child that returns the identity field and the moving labels
+        opts = dict(zip(args[1::2], args[2::2]))
+        calls.append((json.loads(Path(opts["--pair_json"]).read_text())["id"], opts["--method"], threads))
+        moving = nib.load(json.loads(Path(opts["--pair_json"]).read_text())["moving_label"]).get_fdata()
+        np.savez(opts["--out"], ddf=np.zeros((2, 64, 64), np.float32), warped=moving.astype(np.int32), seconds=7.0)
+        return 0, 1.0, 0.1, ""
+
+    monkeypatch.setattr(bl, "peer_available", lambda name: True)
+    monkeypatch.setattr(benchmark, "_spawn", fake_spawn)
+    benchmark.run(datalist=str(dl), methods="zero,ants", out=str(out), jobs=2, threads=1, ants_limit=1)
+    assert sorted(calls) == [("p0", "ants", 1), ("p0", "zero", 1), ("p1", "zero", 1)]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["pair"], r["method"]) for r in rows] == [("p0", "zero"), ("p0", "ants"), ("p1", "zero")]
+    assert rows[0]["speedup_vs_ants"] == "1.0" and rows[2]["speedup_vs_ants"] == ""
+    text = (out / "summary.md").read_text()
+    assert "first 1 of 2 pairs" in text and "2 registrations ran at a time" in text
+
+    # resume: every registration is already done, nothing is spawned again and the rows are the same
+    monkeypatch.setattr(benchmark, "_spawn", lambda *a, **k: pytest.fail("spawned again"))
+    benchmark.run(datalist=str(dl), methods="zero,ants", out=str(out), jobs=2, threads=1, ants_limit=1, resume=True)
+    again = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["pair"], r["method"], r["dice_mean"]) for r in again] == [
+        (r["pair"], r["method"], r["dice_mean"]) for r in rows
+    ]

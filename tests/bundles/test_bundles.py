@@ -89,14 +89,19 @@ def test_traced_network_reproduces_eager(bundle):
         assert torch.allclose(traced(y), net(y), atol=1e-5)
 
 
-def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
-    files = _pair(tmp_path, (26, 30, 36) if _dims(bundle) == 3 else (100, 90))
+def _untrained_checkpoint(bundle, folder):
+    """The bundle's ``network_def`` with its initial weights, saved as a checkpoint the workflow can load."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle)
-    net = parser.get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
+    ckpt = folder / "model.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    return ckpt
+
+
+def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
+    files = _pair(tmp_path, (26, 30, 36) if _dims(bundle) == 3 else (100, 90))
+    ckpt = _untrained_checkpoint(bundle, tmp_path)
     out = tmp_path / "out"
     wf = bundle_workflow(
         bundle,
@@ -148,12 +153,7 @@ def test_every_3d_brain_bundle_exposes_instance_optimisation():
 def test_instance_iterations_refine_the_written_field(bundle, tmp_path):
     """``instance_iterations`` > 0: the refined field is what every output carries, and it matches better."""
     files = _pair(tmp_path, (26, 30, 36))
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    net = parser.get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
+    ckpt = _untrained_checkpoint(bundle, tmp_path)
     metrics, disp = {}, {}
     for iters in (0, 30):
         out = tmp_path / f"io{iters}"

@@ -57,7 +57,9 @@ SHIFT = torch.tensor([2.0, -1.5, 1.0])  # fixed(x) = moving(x + SHIFT)
         {"image_loss": "mind", "samples": 0, "lr": 0.3},
         {"image_loss": "lncc", "ncc_kernel": 7, "lr": 0.3},
         {"image_loss": "ssd", "samples": 4096, "lr": 0.3, "diffeomorphic": True},
-        {"image_loss": ["lncc", "mind"], "ncc_kernel": 7, "samples": 4096, "lr": 0.3},
+        {"image_loss": ["lncc", "mind"], "ncc_kernel": 7, "samples": [0, 4096], "lr": 0.3},
+        # LNCC on random foreground cubes at the finest level (4 cubes of 12^3 per step)
+        {"image_loss": "lncc", "ncc_kernel": 5, "samples": [0, 4 * 12**3], "patch_size": 12, "lr": 0.3},
     ],
 )
 def test_coarse_to_fine_recovers_a_3d_shift(setting):
@@ -104,6 +106,34 @@ def test_deterministic_with_a_seed():
     assert not torch.equal(runs[0], runs[2])
 
 
+def test_cube_lncc_is_seeded_and_its_gradient_follows_the_dense_one():
+    """Cubes: same seed, same field; the sampled loss's gradient points where the dense LNCC's does."""
+    fixed = _blob3d((32, 32, 32), (16.0, 16.0, 16.0))
+    moving = _blob3d((32, 32, 32), tuple((16.0 + SHIFT).tolist()))
+    kw = {"image_loss": "lncc", "ncc_kernel": 5, "patch_size": 12, "samples": 8 * 12**3, "iterations": 5,
+          "levels": [1], "grid_factor": 1, "progress": False}  # fmt: skip
+    runs = [InstanceOptimiser(seed=s, **kw)(moving, fixed) for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    opt, dense = InstanceOptimiser(**kw), InstanceOptimiser(**{**kw, "samples": 0})
+    from common.engines.instance_optimisation import _foreground
+
+    grads = []
+    for sampled in (True, False):
+        params = torch.zeros(1, 3, 32, 32, 32, requires_grad=True)
+        if sampled:
+            gen = torch.Generator().manual_seed(0)
+            fg = _foreground(moving, fixed)
+            loss = sum(opt._cube_lncc(params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3) for _ in range(4))
+        else:
+            loss = dense._dense_similarity(params, (32,) * 3, None, moving, fixed, "lncc", dense.similarities[0])
+        loss.backward()
+        grads.append(params.grad[0, :, 12:20, 12:20, 12:20].mean(dim=(1, 2, 3)))
+    # both pull towards the shift (fixed(x) = moving(x + SHIFT): the loss falls as the field grows along SHIFT)
+    for g in grads:
+        assert (torch.sign(-g) == torch.sign(SHIFT)).all(), g
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.9
+
+
 def test_diffeomorphic_large_shift_does_not_fold():
     from common.blocks import jacobian_determinant, warp
 
@@ -125,7 +155,9 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"image_loss": "nmi"}, "unknown image_loss"),
         ({"regulariser": "tv"}, "unknown regulariser"),
         ({"lr": 0}, "lr must be > 0"),
-        ({"samples": -1}, "samples must be >= 0"),
+        ({"samples": -1}, "samples an integer >= 0"),
+        ({"levels": [2, 1], "samples": [0, 1, 2]}, "samples an integer >= 0 or one per level"),
+        ({"ncc_kernel": 5, "patch_size": 5}, "patch_size must be an integer > ncc_kernel"),
         ({"levels": [2, 1], "reg_weight": [1.0]}, "reg_weight must be >= 0, one number or one per level"),
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"levels": [2, 1], "image_loss": ["lncc"]}, "image_loss must be one loss or one per level"),

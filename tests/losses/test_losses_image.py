@@ -14,6 +14,7 @@ from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrel
 from torch.autograd import gradcheck
 
 from common.losses import GlobalNCCLoss, LocalNCCLoss, MutualInformationLoss, NGFLoss, SSDLoss
+from common.losses.image import valid_lncc_map
 
 SHAPES = {2: (24, 24), 3: (14, 14, 14)}
 
@@ -165,6 +166,24 @@ def test_local_ncc_matches_monai_inside_and_stays_in_range_on_flat_regions():
     ours = LocalNCCLoss(kernel_size=9, reduction="none")(flat_a, flat_b)
     assert float(ours.min()) >= 0.0 and float(ours.max()) <= 1.0
     assert float(ours.mean()) > 0.9  # uncorrelated noise: LNCC^2 close to 0
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_valid_lncc_map_is_the_padded_map_without_its_border(dims):
+    a = torch.rand(3, 1, *range(11, 11 + dims), dtype=torch.float64, requires_grad=True)
+    b = 0.5 * a.detach() + 0.5 * torch.rand_like(a) + 3.0  # offset: centring must not matter
+    valid = valid_lncc_map(a, b, 5)
+    assert valid.shape == (3, 1, *range(7, 7 + dims))
+    inner = (slice(None), slice(None)) + (slice(2, -2),) * dims
+    padded = LocalNCCLoss(kernel_size=5, reduction="none")(a, b)[inner]
+    torch.testing.assert_close(valid, padded)
+    (g1,) = torch.autograd.grad(valid.sum(), a)
+    (g2,) = torch.autograd.grad(padded.sum(), a)
+    torch.testing.assert_close(g1, g2)
+    same = valid_lncc_map(a, 2.0 * a + 1.0, 3)  # an affine function of itself: LNCC^2 = 1 in every window
+    assert float(same.detach().abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="valid_lncc_map: kernel_size"):
+        valid_lncc_map(a, b, 4)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
