@@ -14,11 +14,14 @@ Examples::
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import fire
+
+from common.errors import USER_ERRORS, friendly
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
@@ -58,11 +61,28 @@ def _check_output(out: str, overwrite: bool) -> Path:
     if o.exists() and not o.is_dir():
         raise CLIError(f"{o}: output path exists and is not a folder.")
     parent = o if o.exists() else next((p for p in o.parents if p.exists()), Path("."))
-    import os
-
+    if not parent.is_dir():
+        raise CLIError(f"{o}: cannot create the output folder: {parent} is a file, not a folder.")
     if not os.access(parent, os.W_OK):
         raise CLIError(f"{parent}: output folder is not writable.")
     return o
+
+
+def _check_device(device: str) -> None:
+    """``--device``: a torch device this machine has (one line otherwise, not torch's assertion)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CLIError(f"--device {device!r}: not a torch device; use cpu or cuda (cuda:N).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA GPU is available on this machine (or torch was built without "
+                       "CUDA); use --device cpu.")  # fmt: skip
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device}: only cpu and cuda are supported.")
 
 
 def _run(b: Path, overrides: dict[str, Any]) -> None:
@@ -71,24 +91,14 @@ def _run(b: Path, overrides: dict[str, Any]) -> None:
     run_bundle(b, "inference", "infer", **overrides)
 
 
-def _friendly(exc: BaseException) -> str:
-    """The first non-wrapper message in the cause chain (MONAI wraps transform errors in RuntimeErrors
-    "applying transform ...", whose causes carry our messages naming the file)."""
-    seen: BaseException | None = exc
-    while seen is not None and type(seen) is RuntimeError and seen.__cause__ is not None:
-        seen = seen.__cause__
-    seen = seen or exc
-    return f"{type(seen).__name__}: {seen}"
-
-
 def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, FileExistsError, ValueError, PermissionError, RuntimeError, KeyError) as exc:
-        print(f"error: {_friendly(exc)}", file=sys.stderr)
+    except (*USER_ERRORS, RuntimeError) as exc:
+        print(f"error: {friendly(exc)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -123,6 +133,7 @@ def _register(
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
     extra = _instance_overrides(b, instance_iterations)
+    _check_device(device)
     for name, path in (
         ("moving", moving),
         ("fixed", fixed),
@@ -133,10 +144,13 @@ def _register(
             raise CLIError(f"{path}: --{name} file not found.")
     o = _check_output(out, overwrite)
     from common.engines.inference import _pair_name
-    from common.io.nifti import read_nifti
+    from common.io.nifti import read_label_map, read_nifti
 
     for path in (moving, fixed):
         read_nifti(path)  # fails early with the file named (corrupt, NaN, wrong dimensionality)
+    for path in (moving_label, fixed_label):
+        if path is not None:
+            read_label_map(path)  # non-integer labels are refused, not rounded
     pair_dir = o / _pair_name({"moving_image": str(moving), "fixed_image": str(fixed)})
     if pair_dir.exists() and any(pair_dir.iterdir()) and not overwrite:
         raise CLIError(f"{pair_dir}: outputs exist; pass --overwrite to replace them.")
@@ -181,28 +195,78 @@ def register(
            instance_iterations)  # fmt: skip
 
 
-def _batch(bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations) -> None:
+def _check_pair_files(pair: dict[str, Any]) -> None:
+    """Read every file of a datalist entry (raises ImageReadError naming the file and the problem)."""
+    from common.io.nifti import read_label_map, read_nifti
+
+    for key in ("moving_image", "fixed_image"):
+        read_nifti(pair[key])
+    for key in ("moving_label", "fixed_label"):
+        if pair.get(key):
+            read_label_map(pair[key])
+
+
+def _batch(bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume) -> int:
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
     extra = _instance_overrides(b, instance_iterations)
-    from common.engines.inference import pair_datalist
+    _check_device(device)
+    from common.engines.inference import _pair_name, merge_summary, pair_datalist
 
     pairs = pair_datalist(datalist=datalist, section=section)
-    missing = [
-        (i, k, v)
-        for i, p in enumerate(pairs)
-        for k, v in p.items()
-        if k.endswith(("_image", "_label")) and not Path(v).is_file()
-    ]
-    if missing:
-        i, k, v = missing[0]
-        raise CLIError(f"{datalist}: entry {i} {k}: {v} not found ({len(missing)} missing file(s) in total).")
     o = _check_output(out, overwrite)
-    _run(b, {
-        "datalist": str(datalist), "datalist_section": section, "output_dir": str(o),
-        "overwrite": bool(overwrite), "ckpt_path": weights, "device": f"$torch.device('{device}')", **extra,
-    })  # fmt: skip
-    print(f"{len(pairs)} pairs registered; summary: {o / 'summary.csv'}")
+    names = [_pair_name(p, p.get("id")) for p in pairs]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise CLIError(f"{datalist}: two pairs map to the output folder {o / dup} (same file names in different "
+                       "folders?); give each datalist entry a unique 'id'.")  # fmt: skip
+    failed: dict[str, str] = {}
+    todo = []
+    for name, pair in zip(names, pairs):
+        if resume and (o / name / "metrics.json").is_file():
+            continue  # finished by an earlier run
+        if not resume and not overwrite and (o / name).is_dir() and any((o / name).iterdir()):
+            raise CLIError(f"{o / name}: outputs exist; pass --resume to skip finished pairs or --overwrite.")
+        try:
+            _check_pair_files(pair)
+        except USER_ERRORS as exc:
+            failed[name] = friendly(exc)
+            continue
+        todo.append((name, pair))
+    skipped = len(pairs) - len(todo) - len(failed)
+
+    def run(entries: list[tuple[str, dict[str, Any]]]) -> None:
+        o.mkdir(parents=True, exist_ok=True)
+        listing = o / f".batch-{os.getpid()}.json"
+        listing.write_text(json.dumps({"test": [p for _, p in entries]}))
+        try:
+            _run(b, {
+                "datalist": str(listing), "datalist_section": "test", "output_dir": str(o),
+                "overwrite": bool(overwrite), "ckpt_path": weights, "device": f"$torch.device('{device}')", **extra,
+            })  # fmt: skip
+        finally:
+            listing.unlink(missing_ok=True)
+
+    if todo:
+        try:
+            run(todo)
+        except (*USER_ERRORS, RuntimeError):
+            # a pair failed while registering: finish the others one at a time, recording each failure
+            for name, pair in todo:
+                if (o / name / "metrics.json").is_file():
+                    continue
+                try:
+                    run([(name, pair)])
+                except (*USER_ERRORS, RuntimeError) as exc:
+                    failed[name] = friendly(exc)
+    if failed:
+        merge_summary(o / "summary.csv", [{"name": n, "bundle": b.name, "status": f"failed: {m}"}
+                                          for n, m in failed.items()])  # fmt: skip
+        for name, message in failed.items():
+            print(f"error: pair {name}: {message}", file=sys.stderr)
+    done = len(todo) - len([n for n, _ in todo if n in failed])
+    print(f"{done} pairs registered, {skipped} already done, {len(failed)} failed; summary: {o / 'summary.csv'}")
+    return 1 if failed else 0
 
 
 def batch(
@@ -214,6 +278,7 @@ def batch(
     overwrite: bool = False,
     ckpt: str | None = None,
     instance_iterations: int | None = None,
+    resume: bool = False,
 ) -> None:
     """Register every pair of a datalist JSON (``{"test": [{"moving_image": ..., "fixed_image": ...}]}``),
     with a progress bar, and write ``out/summary.csv`` with one row of metrics per pair.
@@ -227,8 +292,14 @@ def batch(
         overwrite: replace existing outputs.
         ckpt: weights to use instead of the bundle's models/model.pt.
         instance_iterations: instance-optimisation steps per level for every pair (see ``register``).
+        resume: skip the pairs whose outputs are complete in ``out`` (an earlier, interrupted or failed batch).
+
+    A pair with a bad file is reported on one line (naming the pair, the file and the problem), recorded in
+    ``summary.csv`` as ``failed: ...``, and the others go on; the exit code is 1 when any pair failed.
     """
-    _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations)
+    code = _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume)
+    if code:
+        sys.exit(code)
 
 
 def bundles() -> None:

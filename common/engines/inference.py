@@ -43,7 +43,7 @@ from common.engines.geometry import (
     warp_to_fixed,
 )
 from common.engines.registration import PredToDDF
-from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
+from common.io.nifti import ImageReadError, atomic_path, read_label_map, read_nifti, write_nifti
 from common.metrics.similarity import global_ncc
 
 __all__ = [
@@ -53,6 +53,9 @@ __all__ = [
     "LoadRegistrationPaird",
     "SaveRegistrationOutputsd",
     "RegistrationSummaryHandler",
+    "bundle_provenance",
+    "merge_summary",
+    "remove_stale_partials",
 ]
 
 
@@ -95,6 +98,15 @@ def pair_datalist(
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "moving_image" not in item or "fixed_image" not in item:
                 raise ValueError(f"{p}: entry {i} of '{section}' needs 'moving_image' and 'fixed_image'.")
+            for key, value in item.items():
+                if (
+                    key.endswith(("_image", "_label"))
+                    and value is not None
+                    and (not isinstance(value, str) or not value)
+                ):
+                    raise ValueError(
+                        f"{p}: entry {i} of '{section}': {key} must be a file path (a non-empty string), got {value!r}."
+                    )
             out.append({k: (str(base / v) if _is_relative_file(k, v) else v) for k, v in item.items()})
         return out
     if not moving or not fixed:
@@ -145,7 +157,8 @@ class LoadRegistrationPaird(MapTransform):
         self.shape, self.dims, self.max_voxels = shape, spatial_dims, max_voxels
 
     def _read(self, path: str, what: str) -> tuple[np.ndarray, np.ndarray]:
-        arr, aff = read_nifti(path, ndim=self.dims)
+        reader = read_label_map if what.endswith("label") else read_nifti
+        arr, aff = reader(path, ndim=self.dims)
         if self.dims == 2 and aff.shape == (4, 4):
             aff = np.delete(np.delete(aff, 2, 0), 2, 1)
         return arr, aff
@@ -228,6 +241,59 @@ def _pair_name(paths: dict[str, str], pair_id: str | None = None) -> str:
     return f"{stem(paths['moving_image'])}_to_{stem(paths['fixed_image'])}"
 
 
+def bundle_provenance(bundle_root: str | os.PathLike | None, ckpt_path: str | os.PathLike | None) -> dict[str, Any]:
+    """``{"bundle", "version", "weights", "weights_sha256"}`` of a bundle run (what ``metrics.json`` records)."""
+    import hashlib
+
+    out: dict[str, Any] = {}
+    if bundle_root:
+        root = Path(bundle_root).resolve()
+        meta_path = root / "configs" / "metadata.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        out["bundle"] = root.name
+        out["version"] = meta.get("version")
+    if ckpt_path and Path(ckpt_path).is_file():
+        digest = hashlib.sha256()
+        with open(ckpt_path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out["weights"] = str(Path(ckpt_path).resolve())
+        out["weights_sha256"] = digest.hexdigest()
+    return out
+
+
+def _writer_of(folder: Path) -> str:
+    """ "bundle X" from a finished pair folder's metrics.json, for messages ("another run" when unknown)."""
+    try:
+        prov = json.loads((folder / "metrics.json").read_text()).get("provenance", {})
+        return f"bundle {prov['bundle']}" if prov.get("bundle") else "another run"
+    except (OSError, ValueError, AttributeError):
+        return "another run"
+
+
+def remove_stale_partials(folder: str | os.PathLike) -> list[Path]:
+    """Remove ``.<pair>.partial-<pid>`` folders left in ``folder`` by processes that no longer run (a killed
+    registration); folders of live processes are kept. Returns the removed paths."""
+    removed = []
+    base = Path(folder)
+    if not base.is_dir():
+        return removed
+    for p in base.glob(".*.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def fix_malloc_mmap_threshold(nbytes: int = 4 << 20) -> bool:
     """glibc only: serve every allocation >= ``nbytes`` by ``mmap`` so it goes back to the OS when freed.
 
@@ -285,6 +351,8 @@ class SaveRegistrationOutputsd(Transform):
             (e.g. an ITK affine transform) into ``out_dir`` (the pair's folder, still being written: a failure
             leaves no half-written outputs); ``geometry`` holds ``net_affine``, ``fixed_affine``,
             ``moving_affine`` and ``fixed_shape`` as numpy arrays.
+        bundle_root, ckpt_path: recorded in ``metrics.json`` (``provenance``: bundle, version, weights and their
+            sha256) and ``summary.csv`` (``bundle``), and named when a pair folder written by another run is refused.
         inverse_to_ddf: for methods with an inverse transform (e.g. ``SVFToDDF(inverse=True)``): turns ``pred``
             into the inverse displacement on the network grid. Then also written, on the MOVING image's grid:
             ``inverse_displacement_itk.nii.gz`` (pulls the fixed image onto the moving one), ``warped_fixed.nii.gz``
@@ -304,8 +372,13 @@ class SaveRegistrationOutputsd(Transform):
         inverse_to_ddf: PredToDDF | None = None,
         extra_files: Any = None,
         instance_optimiser: Any = None,
+        bundle_root: str | None = None,
+        ckpt_path: str | None = None,
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
+        self.bundle_root, self.ckpt_path = bundle_root, ckpt_path
+        self._provenance: dict[str, Any] | None = None
+        self._cleaned = False
         self.instance_optimiser = instance_optimiser
         self.output_dir = Path(output_dir)
         self.overwrite, self.write_itk, self.write_l2r, self.write_qc = (
@@ -331,8 +404,16 @@ class SaveRegistrationOutputsd(Transform):
             )
         self._written.add(name)
         out = self.output_dir / name
+        if not self._cleaned:
+            remove_stale_partials(self.output_dir)  # leftovers of killed runs
+            self._cleaned = True
+        if self._provenance is None:
+            self._provenance = bundle_provenance(self.bundle_root, self.ckpt_path)
         if out.exists() and any(out.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite true to replace it.")
+            raise FileExistsError(
+                f"{out}: output folder exists (written by {_writer_of(out)}); pass --overwrite true to replace it "
+                "or choose another output folder."
+            )
         pred = item["pred"]
         pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
         net_shape = tuple(item["fixed_image"].shape[1:])
@@ -362,9 +443,17 @@ class SaveRegistrationOutputsd(Transform):
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
-        if final_out.exists():
-            shutil.rmtree(final_out)
-        os.replace(out, final_out)
+        if self.overwrite and final_out.exists():
+            shutil.rmtree(final_out, ignore_errors=True)
+        try:
+            os.rename(out, final_out)  # refuses a non-empty folder: another run finished this pair meanwhile
+        except OSError:
+            who = _writer_of(final_out)
+            shutil.rmtree(out, ignore_errors=True)
+            raise FileExistsError(
+                f"{final_out}: written meanwhile by {who} into the same output folder; nothing of this run was "
+                "kept. Use another output folder, or pass --overwrite true."
+            ) from None
         return item
 
     def _write_all(self, item, out, final_out, geo, paths, ddf, ddf_net, moving, fixed, warped, unwarped, start):
@@ -384,7 +473,7 @@ class SaveRegistrationOutputsd(Transform):
         metrics["percent_folding"] = folding = float(percent_folding(ddf[0].numpy()))
         metrics["folding_voxels"] = int(round(folding * ddf[0, 0].numel() / 100.0))
         if paths.get("moving_label"):
-            moving_labels, _ = read_nifti(paths["moving_label"], ndim=dims, dtype=None)
+            moving_labels, _ = read_label_map(paths["moving_label"], ndim=dims)
             warped_labels = warp_labels_to_fixed(moving_labels, geo["moving_affine"], ddf, geo["fixed_affine"])
             warped_labels = warped_labels.astype(np.int32)
             written["warped_label"] = str(
@@ -395,8 +484,7 @@ class SaveRegistrationOutputsd(Transform):
                 )
             )
             if paths.get("fixed_label"):
-                fixed_labels, _ = read_nifti(paths["fixed_label"], ndim=dims, dtype=None)
-                fixed_labels = np.rint(fixed_labels).astype(np.int64)
+                fixed_labels, _ = read_label_map(paths["fixed_label"], ndim=dims)
                 before = warp_labels_to_fixed(
                     moving_labels, geo["moving_affine"], None, geo["fixed_affine"], fixed_shape=fixed_shape
                 )
@@ -449,8 +537,18 @@ class SaveRegistrationOutputsd(Transform):
             )
         written = {k: str(final_out / Path(v).name) for k, v in written.items()}
         with atomic_path(out / "metrics.json") as tmp:
-            tmp.write_text(json.dumps({"pair": paths, "metrics": metrics, "outputs": written}, indent=2))
-        item["registration"] = {"name": final_out.name, "out_dir": str(final_out), **metrics}
+            tmp.write_text(
+                json.dumps(
+                    {"pair": paths, "provenance": self._provenance or {}, "metrics": metrics, "outputs": written},
+                    indent=2,
+                )
+            )
+        item["registration"] = {
+            "name": final_out.name,
+            "bundle": (self._provenance or {}).get("bundle"),
+            "out_dir": str(final_out),
+            **metrics,
+        }
 
     def _write_inverse(self, item, out, geo, paths, metrics, moving_arr, fixed) -> dict[str, str]:
         """Inverse outputs on the moving image's grid (see ``inverse_to_ddf``); updates ``metrics``."""
@@ -477,14 +575,14 @@ class SaveRegistrationOutputsd(Transform):
         metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy()))
         metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy()))
         if paths.get("moving_label") and paths.get("fixed_label"):
-            fixed_labels, _ = read_nifti(paths["fixed_label"], ndim=dims, dtype=None)
+            fixed_labels, _ = read_label_map(paths["fixed_label"], ndim=dims)
             warped_labels = warp_labels_to_fixed(fixed_labels, geo["fixed_affine"], inv, geo["moving_affine"])
             warped_labels = warped_labels.astype(np.int32)
             written["warped_fixed_label"] = str(
                 write_nifti(warped_labels, moving_aff, out / "warped_fixed_label.nii.gz")
             )
-            moving_labels, _ = read_nifti(paths["moving_label"], ndim=dims, dtype=None)
-            values = _dice_values(dice_per_label(warped_labels, np.rint(moving_labels).astype(np.int64)))
+            moving_labels, _ = read_label_map(paths["moving_label"], ndim=dims)
+            values = _dice_values(dice_per_label(warped_labels, moving_labels))
             metrics["dice_inverse_after"] = float(np.mean(values)) if values else None
         return written
 
@@ -505,7 +603,8 @@ def _dice_values(result: Any) -> list[float]:
 
 
 class RegistrationSummaryHandler:
-    """Ignite handler: collects each pair's ``registration`` record and writes ``summary.csv`` at the end."""
+    """Ignite handler: collects each pair's ``registration`` record and merges them into ``summary.csv`` at the end
+    (or when the run fails), under a file lock (:func:`merge_summary`)."""
 
     def __init__(self, output_dir: str) -> None:
         self.output_dir = Path(output_dir)
@@ -516,6 +615,12 @@ class RegistrationSummaryHandler:
 
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._write_and_raise)
+
+    def _write_and_raise(self, engine, exc: Exception) -> None:
+        """A failing pair stops the run: the pairs finished before it still get their summary rows."""
+        self._write(engine)
+        raise exc
 
     def _collect(self, engine) -> None:
         output = engine.state.output
@@ -525,11 +630,30 @@ class RegistrationSummaryHandler:
                 self.rows.append(dict(it["registration"]))
 
     def _write(self, engine) -> None:
-        if not self.rows:
-            return
-        keys = sorted({k for r in self.rows for k in r})
-        keys = ["name", *[k for k in keys if k != "name"]]
-        with atomic_path(self.output_dir / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
+        if self.rows:
+            merge_summary(self.output_dir / "summary.csv", self.rows)
+
+
+def merge_summary(path: str | os.PathLike, rows: list[dict[str, Any]], key: str = "name") -> Path:
+    """Merge ``rows`` into the CSV at ``path`` under an exclusive file lock: one row per ``key`` (a pair folder)
+    across runs, this call's rows replacing earlier ones of the same pair; columns are the union. Two runs writing
+    into one output folder at once therefore both keep their rows. Returns the path."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old: list[dict[str, Any]] = []
+        if path.is_file():
+            with open(path, newline="") as fh:
+                old = list(csv.DictReader(fh))
+        new_keys = {str(r.get(key)) for r in rows}
+        merged = [r for r in old if str(r.get(key)) not in new_keys] + [dict(r) for r in rows]
+        keys = list(dict.fromkeys(k for r in merged for k in r))
+        keys = [key, *sorted(k for k in keys if k != key)]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
-            writer.writerows(self.rows)
+            writer.writerows(merged)
+    return path

@@ -16,6 +16,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from common.io.nifti import atomic_path
 
 __all__ = [
+    "BundleCheckpointLoader",
     "SafeCheckpointSaver",
     "ResumeFromLatest",
     "LossTermsCSV",
@@ -115,6 +116,11 @@ class ResumeFromLatest:
     def attach(self, engine) -> None:
         if not self.enabled:
             return
+        # temporary files of a save that was killed half-way (SafeCheckpointSaver writes ".<name>.*.pt" first)
+        folder = Path(self.ckpt_dir)
+        for tmp in folder.glob(".*.pt") if folder.is_dir() else []:
+            engine.logger.info(f"ResumeFromLatest: removing {tmp.name}, left by a checkpoint save that was killed.")
+            tmp.unlink(missing_ok=True)
         path = latest_checkpoint(self.ckpt_dir)
         if path is None:
             engine.logger.info(f"ResumeFromLatest: no checkpoint in {self.ckpt_dir}; starting from scratch.")
@@ -124,12 +130,99 @@ class ResumeFromLatest:
         CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
 
 
+def _signature(state: Mapping[str, torch.Tensor]) -> frozenset:
+    return frozenset((k, tuple(v.shape)) for k, v in state.items())
+
+
+def weights_owner(state: Mapping[str, torch.Tensor], bundles_dir: str | os.PathLike) -> str | None:
+    """Name of the bundle under ``bundles_dir`` whose shipped ``models/model.pt`` has exactly these tensor names
+    and shapes (the weights' architecture), or None."""
+    want = _signature(state)
+    for model in sorted(Path(bundles_dir).glob("*/models/model.pt")):
+        try:
+            if _signature(torch.load(model, map_location="cpu", weights_only=True)) == want:
+                return model.parent.parent.name
+        except Exception:  # an unreadable sibling is simply not the owner
+            continue
+    return None
+
+
+class BundleCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (same arguments) that first checks the file, so a wrong one fails in one line.
+
+    Before MONAI loads it, the checkpoint is read with ``weights_only=True`` (:func:`load_state_dict_safely`:
+    corrupt, truncated or pickled-object files are refused, naming the file), and for a one-network
+    ``load_dict`` its tensor names and shapes are compared with the network's. Weights of another architecture
+    are refused with the bundle they belong to when a sibling bundle (``bundle_root/..``) ships that
+    architecture ("these weights belong to brain_mri_prob_diffeo"), else with the count and a first example of
+    the mismatched tensors, instead of MONAI's ``size mismatch`` list.
+
+    Args:
+        bundle_root: this bundle's folder (its name goes into the message; siblings are searched for the owner).
+        strict: for MONAI: every tensor must match (default True).
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, bundle_root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(load_path=load_path, load_dict=load_dict, **kwargs)
+        self.bundle_root = Path(bundle_root).resolve() if bundle_root else None
+
+    def __call__(self, engine) -> None:
+        self.check()
+        super().__call__(engine)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the file when it is not loadable weights for this network."""
+        path = Path(self.load_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: weights file not found.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"{path}: refused to load: not a plain PyTorch weights file (corrupt, truncated, or it holds pickled "
+                f"objects, which are never unpickled: {type(exc).__name__})."
+            ) from None
+        nets = [v for v in self.load_dict.values() if isinstance(v, torch.nn.Module)]
+        if len(self.load_dict) != 1 or len(nets) != 1 or not self.strict or not self.strict_shape:
+            return
+        key = next(iter(self.load_dict))
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path}: not a state dict of tensors (got {type(state).__name__}).")
+        net = nets[0].module if hasattr(nets[0], "module") else nets[0]
+        own = net.state_dict()
+        if _signature(state) == _signature(own):
+            return
+        name = self.bundle_root.name if self.bundle_root else "this bundle"
+        owner = weights_owner(state, self.bundle_root.parent) if self.bundle_root else None
+        if owner and owner != name:
+            raise ValueError(f"{path}: these weights belong to {owner}, not {name} (a different network); "
+                             f"use {owner}'s inference.json or {name}'s own weights.")  # fmt: skip
+        missing = sorted(set(own) - set(state))
+        unknown = sorted(set(state) - set(own))
+        shapes = sorted(k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
+        example = (
+            f"'{shapes[0]}' {tuple(state[shapes[0]].shape)} vs {tuple(own[shapes[0]].shape)}" if shapes
+            else f"'{(missing or unknown)[0]}' {'missing' if missing else 'unexpected'}"
+        )  # fmt: skip
+        raise ValueError(
+            f"{path}: these weights do not fit {name}'s network: {len(shapes)} tensors of another shape, "
+            f"{len(missing)} missing, {len(unknown)} unexpected (e.g. {example})."
+        )
+
+
 class LossTermsCSV:
-    """Append each iteration's loss terms (``loss_function.last_terms``) to a CSV (flushed every ``every`` rows)."""
+    """Append each iteration's loss terms (``loss_function.last_terms``) to a CSV (flushed every ``every`` rows).
+
+    A resumed run replays the iterations after its checkpoint: before this process's first rows are appended,
+    rows of an earlier (interrupted) run from that iteration on are dropped, so every iteration appears once.
+    """
 
     def __init__(self, path: str, loss_function: Any, every: int = 10) -> None:
         self.path, self.loss_function, self.every = Path(path), loss_function, max(1, int(every))
         self.buffer: list[dict[str, Any]] = []
+        self._trimmed = False
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -153,6 +246,9 @@ class LossTermsCSV:
         if not self.buffer:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._trimmed:
+            self._trim_replayed(min(int(r["iteration"]) for r in self.buffer))
+            self._trimmed = True
         new = not self.path.exists()
         keys = list(dict.fromkeys(k for row in self.buffer for k in row))
         if not new:
@@ -165,6 +261,20 @@ class LossTermsCSV:
                 writer.writeheader()
             writer.writerows(self.buffer)
         self.buffer = []
+
+    def _trim_replayed(self, first: int) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            header, rows = reader.fieldnames or [], list(reader)
+        keep = [r for r in rows if str(r.get("iteration", "")).isdigit() and int(r["iteration"]) < first]
+        if len(keep) == len(rows):
+            return
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(keep)
 
 
 class MetricCSV:

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["ImageReadError", "atomic_path", "read_nifti", "write_nifti"]
+__all__ = ["ImageReadError", "atomic_path", "read_label_map", "read_nifti", "write_nifti"]
 
 
 class ImageReadError(ValueError):
@@ -47,6 +47,13 @@ def read_nifti(
         raise ImageReadError(f"{p}: not a readable NIfTI image ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ImageReadError(f"{p}: not a NIfTI image (nibabel read it as {type(img).__name__}).")
+    if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+        raise ImageReadError(
+            f"{p}: voxels of type {data.dtype} (e.g. RGB or complex) are not an intensity image; "
+            "convert it to one scalar channel (e.g. grayscale) first."
+        )
+    if np.iscomplexobj(data):
+        raise ImageReadError(f"{p}: complex voxels are not an intensity image; save the magnitude instead.")
     while data.ndim > 2 and data.shape[-1] == 1 and (ndim is None or data.ndim > ndim):
         data = data[..., 0]
     if ndim is not None and data.ndim != ndim:
@@ -54,12 +61,47 @@ def read_nifti(
             f"{p}: expected a {ndim}D image, got shape {data.shape} ({data.ndim}D)"
             + ("; pass one volume/channel at a time." if data.ndim > ndim else ".")
         )
+    if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n_bad = int((~np.isfinite(data)).sum())
+        raise ImageReadError(f"{p}: contains {n_bad} NaN/Inf voxels.")
+    if dtype is not None and np.issubdtype(np.dtype(dtype), np.floating) and data.size:
+        big = float(np.abs(data).max()) if np.issubdtype(data.dtype, np.number) else 0.0
+        limit = float(np.finfo(dtype).max)
+        if big > limit:
+            raise ImageReadError(
+                f"{p}: values up to {big:.3g} do not fit {np.dtype(dtype).name} (max {limit:.3g}); rescale the image."
+            )
     if dtype is not None:
         data = data.astype(dtype, copy=False)
     if not allow_nonfinite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         n_bad = int((~np.isfinite(data)).sum())
         raise ImageReadError(f"{p}: contains {n_bad} NaN/Inf voxels.")
     return np.asarray(data), np.asarray(img.affine, dtype=np.float64)
+
+
+def read_label_map(path: str | os.PathLike, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load an integer label map as ``(int64 array, affine)``; non-integer or negative values are refused.
+
+    Float storage is fine when every value is a whole number (FreeSurfer and many tools write float labels), but
+    a map with e.g. 1.5 or 2.7 is not a label map (an intensity image, or a resampled one): it is refused rather
+    than silently rounded.
+    """
+    data, affine = read_nifti(path, ndim=ndim, dtype=None)
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    if np.issubdtype(data.dtype, np.floating):
+        frac = np.abs(data - np.rint(data))
+        if data.size and float(frac.max()) > 1e-3:
+            bad = data.flat[int(np.argmax(frac))]
+            n = int((frac > 1e-3).sum())
+            raise ImageReadError(
+                f"{path}: not a label map: {n} voxels hold non-integer values (e.g. {float(bad):g}); "
+                "labels must be whole numbers (resample label maps with nearest neighbour)."
+            )
+        data = np.rint(data)
+    if data.size and data.min() < 0:
+        raise ImageReadError(f"{path}: not a label map: negative values (min {data.min()}).")
+    return data.astype(np.int64), affine
 
 
 @contextlib.contextmanager
