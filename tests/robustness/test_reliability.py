@@ -285,3 +285,23 @@ def test_loss_terms_csv_has_each_iteration_once_after_a_resume(tmp_path):
     run(range(5, 10))  # resumed: replays 5..9
     its = [int(r["iteration"]) for r in csv.DictReader(open(path))]
     assert its == list(range(1, 10))
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_save(tmp_path):
+    from types import SimpleNamespace
+
+    from common.engines.training import ResumeFromLatest
+
+    net = torch.nn.Linear(2, 2)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"model": net.state_dict()}, ckpts / "latest_checkpoint_epoch=3.pt")
+    half = ckpts / ".latest_checkpoint_epoch=4.k2j3h.pt"  # what a kill during SafeCheckpointSaver's write leaves
+    half.write_bytes(b"PK\x03\x04 truncated")
+    attached = []
+    engine = SimpleNamespace(
+        logger=SimpleNamespace(info=lambda msg: None), add_event_handler=lambda *a: attached.append(a)
+    )
+    handler = ResumeFromLatest(str(ckpts), {"model": net})
+    handler.attach(engine)
+    assert not half.exists() and handler.loaded_from == ckpts / "latest_checkpoint_epoch=3.pt"
