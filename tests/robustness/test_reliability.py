@@ -305,3 +305,32 @@ def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_save(tmp_path)
     handler = ResumeFromLatest(str(ckpts), {"model": net})
     handler.attach(engine)
     assert not half.exists() and handler.loaded_from == ckpts / "latest_checkpoint_epoch=3.pt"
+
+
+def test_a_registration_killed_while_writing_is_cleaned_up_by_the_next_run(tmp_path, ckpt):
+    import signal
+    import time
+
+    g = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (112, 128, 112)], indexing="ij"))
+    ball = lambda s: np.exp(-(((g - 56.0 - s) ** 2).sum(0)) / 900.0).astype(np.float32)  # noqa: E731
+    m = _save(tmp_path / "m.nii.gz", ball(2.0), np.eye(4))
+    f = _save(tmp_path / "f.nii.gz", ball(0.0), np.eye(4))
+    out = tmp_path / "out"
+    args = ["register", "--bundle", BUNDLE, "--moving", m, "--fixed", f, "--out", str(out), "--ckpt", ckpt]
+    proc = subprocess.Popen([sys.executable, "-m", "common", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    deadline = time.time() + 600
+    partial = []
+    while time.time() < deadline and proc.poll() is None:
+        partial = [p for p in out.glob(".*.partial-*") if any(p.iterdir())] if out.is_dir() else []
+        if partial:
+            os.kill(proc.pid, signal.SIGKILL)  # killed with outputs half-written
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert partial, "the run finished before a half-written folder was seen"
+    assert partial[0].exists() and not (out / "m_to_f").exists()  # nothing half-written under the real name
+    rerun = _register(m, f, out, ckpt)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (out / "m_to_f" / "metrics.json").is_file()
+    assert not list(out.glob(".*.partial-*"))
