@@ -377,6 +377,9 @@ class SaveRegistrationOutputsd(Transform):
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
         self.bundle_root, self.ckpt_path = bundle_root, ckpt_path
+        existing = next((p for p in (Path(output_dir), *Path(output_dir).parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():  # fail before registering, not after
+            raise NotADirectoryError(f"{output_dir}: cannot create the output folder: {existing} is a file.")
         self._provenance: dict[str, Any] | None = None
         self._cleaned = False
         self.instance_optimiser = instance_optimiser

@@ -146,10 +146,13 @@ def _bundle_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("what", ["4D fixed", "singular affine", "no fixed image"])
+@pytest.mark.parametrize("what", ["4D fixed", "singular affine", "no fixed image", "out below a file"])
 def test_monai_bundle_run_prints_one_line_not_a_traceback(what, good, tmp_path, ckpt):
-    fixed = good["fixed"]
-    if what == "4D fixed":
+    fixed, out = good["fixed"], tmp_path / "out"
+    if what == "out below a file":
+        (tmp_path / "file").write_text("x")
+        out, fragment = tmp_path / "file" / "out", "file is a file"
+    elif what == "4D fixed":
         fixed, fragment = _save(tmp_path / "f4d.nii.gz", np.stack([_blob()] * 2, -1)), "f4d.nii.gz: expected a 3D"
     elif what == "singular affine":
         aff = np.diag([1.5, 1.5, 0.0, 1.0])  # a header whose sform squashes one axis (qform unset)
@@ -160,7 +163,7 @@ def test_monai_bundle_run_prints_one_line_not_a_traceback(what, good, tmp_path, 
         fixed, fragment = str(tmp_path / "sing.nii.gz"), "sing.nii.gz"
     else:
         fixed, fragment = None, "fixed"
-    args = ["--moving", good["moving"], "--output_dir", str(tmp_path / "out"), "--ckpt_path", ckpt]
+    args = ["--moving", good["moving"], "--output_dir", str(out), "--ckpt_path", ckpt]
     args += ["--fixed", fixed] if fixed else []
     proc = _bundle_run(*args, cwd=tmp_path)
     assert proc.returncode != 0
