@@ -4,9 +4,9 @@ Our readers and checks raise ``ValueError`` subclasses (e.g. :class:`common.io.n
 ``FileNotFoundError`` and friends with messages that name the file. MONAI wraps them on the way out: config
 evaluation raises ``RuntimeError("Failed to evaluate ...")`` and transforms raise ``RuntimeError("applying
 transform ...")``, each with our error as ``__cause__``; Python then prints a 50-100 line traceback with the useful
-line in the middle. :func:`friendly` digs the root cause out of that chain; :func:`install_excepthook` (called by
-every bundle's ``inference.json`` ``initialize``) makes ``python -m monai.bundle run`` print just that line for
-those error types. Anything else (a bug) keeps its full traceback, and ``REGISTRATION_TRACEBACK=1`` shows the
+line in the middle. :func:`friendly` digs the root cause out of that chain; :func:`install_excepthook` (the first
+``run`` expression of every bundle's ``inference.json``, evaluated after MONAI has put the bundle folder on
+``sys.path``) makes ``python -m monai.bundle run`` print just that line for those error types. Anything else (a bug) keeps its full traceback, and ``REGISTRATION_TRACEBACK=1`` shows the
 full traceback always.
 """
 
