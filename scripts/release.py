@@ -5,6 +5,12 @@ For each bundle it writes, into ``--out``:
 * ``<name>_v<version>.zip`` with a top-level ``<name>/`` folder (configs, docs, LICENSE, large_files.yml) and
   without the weights, which MONAI fetches separately with ``download_large_files``;
 * ``<name>_v<version>_model.pt``: the weights, whose URL and sha256 go into the zipped ``large_files.yml``;
+* the project's ``common`` package inside the zip (``<name>/common/``): MONAI puts the bundle folder on
+  ``sys.path`` before it runs a workflow, so ``$import common`` in the configs finds this copy and the bundle runs
+  with public packages only (no clone of this repository, no ``pip install`` of it). The repository keeps one
+  copy of the code; only the release assembles it. ``metadata.json``'s ``required_packages_version`` then lists
+  the real runtime requirements (this project's ``pyproject.toml`` dependencies at their installed versions)
+  instead of the uninstallable ``monai-registration-zoo``;
 * ``model_info.json``: an index ``{"<name>_v<version>": {"version", "source", "sha256", "weights_url",
   "weights_sha256", "weights_trained"}}``.
 
@@ -35,6 +41,40 @@ from common.io.files import sha256sum as sha256  # noqa: E402
 from common.io.nifti import atomic_path  # noqa: E402
 
 SKIP_DIRS = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
+# the bundle's own fields name these two; the project itself is replaced by the vendored `common`
+OWN_FIELDS = {"monai", "torch", "numpy"}
+
+
+def runtime_requirements() -> dict[str, str]:
+    """``{distribution: installed version}`` of the project's runtime dependencies (``pyproject.toml``), except
+    monai, torch and numpy (``metadata.json`` has fields of their own)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M)
+    deps = re.findall(r'^\s*"([^"]+)"', block.group(1), re.M) if block else []
+    out = {}
+    for dep in deps:
+        name = re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0]
+        if name.lower() in OWN_FIELDS:
+            continue
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError as exc:
+            raise SystemExit(f"release: {name} (a runtime dependency) is not installed; run make venv first.") from exc
+    return out
+
+
+def _stage(b: Path, stage: Path) -> None:
+    """Copy the bundle and the ``common`` package into ``stage``; point the metadata at real requirements."""
+    shutil.copytree(b, stage, ignore=lambda d, names: [n for n in names if n in SKIP_DIRS])
+    shutil.copytree(ROOT / "common", stage / "common", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    meta_path = stage / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    reqs = {k: v for k, v in meta.get("required_packages_version", {}).items() if k != "monai-registration-zoo"}
+    meta["required_packages_version"] = {**reqs, **runtime_requirements()}
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
 
 
 def package(bundle: str | Path, out: str | Path, base_url: str, allow_untrained: bool = False) -> dict:
@@ -66,7 +106,7 @@ def package(bundle: str | Path, out: str | Path, base_url: str, allow_untrained:
     digest = sha256(out_dir / weights_name)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp) / name
-        shutil.copytree(b, stage, ignore=lambda d, names: [n for n in names if n in SKIP_DIRS])
+        _stage(b, stage)
         (stage / "large_files.yml").write_text(
             "large_files:\n"
             '  - path: "models/model.pt"\n'
