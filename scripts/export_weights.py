@@ -22,14 +22,16 @@ from common.io.files import sha256sum as sha256  # noqa: E402
 from common.io.nifti import atomic_path  # noqa: E402
 
 
-def main(bundle: str, checkpoint: str, key: str | None = None, url: str = "") -> str:
-    """Write ``bundles/<bundle>/models/model.pt`` from ``checkpoint`` and update ``large_files.yml``.
+def main(bundle: str, checkpoint: str, key: str | None = None) -> str:
+    """Write ``bundles/<bundle>/models/model.pt`` from ``checkpoint`` and its sha256 to ``models/model.pt.sha256``.
+
+    The repository ships the weights inside the bundle; ``scripts/release.py`` writes the ``large_files.yml`` a
+    downloaded bundle needs (URL + sha256) when it publishes them.
 
     Args:
         bundle: bundle folder name.
         checkpoint: a CheckpointSaver file (``{"model": ...}``) or a plain state dict.
         key: entry holding the network state (default: "model" if present, else the file is the state dict).
-        url: download URL to record (release packaging fills it).
     """
     b = ROOT / "bundles" / bundle
     out = b / "models" / "model.pt"
@@ -49,15 +51,8 @@ def main(bundle: str, checkpoint: str, key: str | None = None, url: str = "") ->
     else:
         export_state_dict(ckpt, out, key)
     digest = sha256(out)
-    text = (
-        "large_files:\n"
-        '  - path: "models/model.pt"\n'
-        f'    url: "{url}"\n'
-        f'    hash_val: "{digest}"\n'
-        '    hash_type: "sha256"\n'
-    )
-    with atomic_path(b / "large_files.yml") as tmp:
-        tmp.write_text(text)
+    with atomic_path(b / "models" / "model.pt.sha256") as tmp:
+        tmp.write_text(f"{digest}  model.pt\n")  # sha256sum format: `sha256sum -c` checks it
     print(f"export_weights: {out} ({out.stat().st_size / 2**20:.1f} MiB, sha256 {digest})")
     return str(out)
 

@@ -34,8 +34,8 @@ def test_shipped_weights_load_safely_match_hash_and_improve_the_demo_pair(bundle
     weights = bundle / "models" / "model.pt"
     state = torch.load(weights, map_location="cpu", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
-    recorded = (bundle / "large_files.yml").read_text()
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() in recorded
+    recorded = (bundle / "models" / "model.pt.sha256").read_text()
+    assert recorded == f"{hashlib.sha256(weights.read_bytes()).hexdigest()}  model.pt\n"
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     dims = len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
     if dims == 3:  # the shipped real OASIS-1 demo pair
