@@ -88,6 +88,35 @@ def _squared_norm(diff: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.sum(diff.square(), dim=1, keepdim=True, out=out)
 
 
+def _filter_traceable(
+    ddf: torch.Tensor,
+    guide: torch.Tensor,
+    sigma_spatial: torch.Tensor,
+    sigma_intensity: torch.Tensor,
+    radius: int,
+    dilation: int,
+) -> torch.Tensor:
+    """The forward of :class:`_BilateralFieldFunction` out of place, for ``torch.jit.trace`` and ONNX export (a
+    Python ``autograd.Function`` cannot be exported). Windows are sliced from both ends of the padded tensors, so
+    the traced graph holds no image size and works at any input size."""
+    dims = ddf.ndim - 2
+    pad = radius * dilation
+    view = (-1,) + (1,) * (dims + 1)
+    inv_2ss2 = 0.5 / sigma_spatial.reshape(view).square()
+    h, h_pad = _scaled_guides(guide, sigma_intensity.reshape(view), pad)
+    ddf_pad = _pad(ddf, pad)
+    num, den = torch.zeros_like(ddf), torch.zeros_like(ddf[:, :1])
+    for offset in _offsets(dims, radius):
+        win = (slice(None), slice(None)) + tuple(
+            slice(pad + o * dilation, -(pad - o * dilation) or None) for o in offset
+        )
+        diff = h_pad[win] - h
+        w = torch.exp(-((diff * diff).sum(dim=1, keepdim=True) + _dist2(offset, dilation) * inv_2ss2))
+        num = num + w * ddf_pad[win]
+        den = den + w
+    return num / den
+
+
 class _BilateralFieldFunction(torch.autograd.Function):
     """Joint bilateral filter with a recomputing backward (see the module docstring).
 
@@ -267,6 +296,8 @@ def bilateral_filter_field(
     _check_shapes(ddf, guide, kernel_size, dilation, _NAME)
     ss = _as_sigma(sigma_spatial, "sigma_spatial", ddf, True, _NAME)
     si = _as_sigma(sigma_intensity, "sigma_intensity", ddf, True, _NAME)
+    if torch.jit.is_tracing():
+        return _filter_traceable(ddf, guide.to(ddf.dtype), ss, si, int(kernel_size) // 2, int(dilation))
     return _BilateralFieldFunction.apply(ddf, guide.to(ddf.dtype), ss, si, int(kernel_size) // 2, int(dilation))
 
 
@@ -346,6 +377,8 @@ class BilateralFieldFilter(nn.Module):
         # exp() of the log-parameters is positive by construction: no value check (avoids a device sync)
         ss = _as_sigma(self.sigma_spatial, "sigma_spatial", ddf, False, name)
         si = _as_sigma(self.sigma_intensity, "sigma_intensity", ddf, False, name)
+        if torch.jit.is_tracing():  # export: the same filter without the Python autograd.Function
+            return _filter_traceable(ddf, guide.to(ddf.dtype), ss, si, self.kernel_size // 2, self.dilation)
         return _BilateralFieldFunction.apply(ddf, guide.to(ddf.dtype), ss, si, self.kernel_size // 2, self.dilation)
 
     def extra_repr(self) -> str:
