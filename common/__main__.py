@@ -9,6 +9,7 @@ Examples::
     python -m common bundles
     python -m common register --bundle brain_mri_hybrid_loss --moving m.nii.gz --fixed f.nii.gz --out out/
     python -m common batch --bundle brain_mri_hybrid_loss --datalist pairs.json --out out/
+    python -m common download --name brain_mri_hybrid_loss --index https://host/release/model_info.json
 """
 
 from __future__ import annotations
@@ -302,6 +303,77 @@ def batch(
         sys.exit(code)
 
 
+def _download(name: str, index: str, bundle_dir: str, version: str | None) -> None:
+    import hashlib
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    try:
+        with urllib.request.urlopen(index, timeout=60) as resp:
+            entries = json.loads(resp.read().decode())
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"{index}: cannot read the bundle index ({type(exc).__name__}: {exc}).") from None
+    found = {k.rsplit("_v", 1)[1]: v for k, v in entries.items() if k.rsplit("_v", 1)[0] == name}
+    if not found:
+        known = sorted({k.rsplit("_v", 1)[0] for k in entries})
+        raise CLIError(f"{index}: no bundle named {name!r} (index lists: {', '.join(known) or 'none'}).")
+
+    def key(v: str) -> tuple:
+        return tuple(int(p) if p.isdigit() else 0 for p in v.split("."))
+
+    version = version or max(found, key=key)
+    if version not in found:
+        raise CLIError(f"{index}: {name} has no version {version} (versions: {', '.join(sorted(found, key=key))}).")
+    entry = found[version]
+    target = Path(bundle_dir) / name
+    if target.exists():
+        raise CLIError(f"{target}: exists; remove it or choose another --bundle_dir.")
+    with tempfile.TemporaryDirectory() as tmp:
+        zpath = Path(tmp) / "bundle.zip"
+        try:
+            urllib.request.urlretrieve(entry["source"], zpath)
+        except OSError as exc:
+            raise CLIError(f"{entry['source']}: download failed ({exc}).") from None
+        digest = hashlib.sha256(zpath.read_bytes()).hexdigest()
+        if digest != entry["sha256"]:
+            raise CLIError(f"{entry['source']}: sha256 {digest} differs from the index's {entry['sha256']}; refused.")
+        with zipfile.ZipFile(zpath) as zf:
+            bad = [n for n in zf.namelist() if not n.startswith(f"{name}/") or ".." in Path(n).parts]
+            if bad:
+                raise CLIError(f"{entry['source']}: unexpected paths in the zip ({bad[0]}); refused.")
+            zf.extractall(tmp)
+        Path(bundle_dir).mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        shutil.move(str(Path(tmp) / name), str(target))
+    from monai.bundle import download_large_files
+
+    try:
+        download_large_files(bundle_path=str(target))  # weights, sha256 checked by MONAI
+    except Exception as exc:
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+        raise CLIError(
+            f"{name}: weights download failed or did not match their sha256 ({exc}); nothing kept."
+        ) from None
+    print(f"{name} {version}: {target}")
+
+
+def download(name: str, index: str, bundle_dir: str = "bundles_dl", version: str | None = None) -> None:
+    """Download a released bundle by name from a release index (``model_info.json`` of ``scripts/release.py``):
+    the zip (sha256 checked against the index) and its weights (``download_large_files``, sha256 checked).
+
+    Args:
+        name: bundle name, e.g. ``brain_mri_hybrid_loss``.
+        index: URL of the release's ``model_info.json``.
+        bundle_dir: folder that receives ``<name>/``.
+        version: a published version (default: the newest).
+    """
+    _guard(_download, name, index, bundle_dir, version)
+
+
 def bundles() -> None:
     """List the bundles and whether their weights are trained."""
     from common.engines.bundle import bundle_metadata, is_trained
@@ -315,7 +387,7 @@ def bundles() -> None:
 
 
 def main() -> None:
-    fire.Fire({"register": register, "batch": batch, "bundles": bundles})
+    fire.Fire({"register": register, "batch": batch, "bundles": bundles, "download": download})
 
 
 if __name__ == "__main__":

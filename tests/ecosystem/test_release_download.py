@@ -99,3 +99,31 @@ def test_download_from_local_server_runs_and_tampered_weights_are_refused(tmp_pa
     assert proc.returncode != 0
     assert "sha256" in proc.stderr.lower() or "hash" in proc.stderr.lower()
     assert not (got / "models" / "model.pt").exists()
+
+
+def _common(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+
+
+def test_download_by_name_from_the_release_index(tmp_path, server):
+    www, url = server
+    b = _bundle_with_weights(tmp_path)
+    package(b, www, url, allow_untrained=True)
+    dl = tmp_path / "by_name"
+    proc = _common(
+        "download", "--name", NAME, "--index", f"{url}/model_info.json", "--bundle_dir", str(dl), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (dl / NAME / "models" / "model.pt").read_bytes() == (b / "models" / "model.pt").read_bytes()
+    assert (dl / NAME / "common" / "__init__.py").is_file()  # the release carries its code
+    proc = _common(
+        "download", "--name", "nope", "--index", f"{url}/model_info.json", "--bundle_dir", str(dl), cwd=tmp_path
+    )
+    assert proc.returncode == 2 and f"no bundle named 'nope' (index lists: {NAME})" in proc.stderr
+    # a tampered zip is refused before anything is unpacked
+    zpath = www / f"{NAME}_v{meta_version(b)}.zip"
+    zpath.write_bytes(zpath.read_bytes() + b"x")
+    proc = _common("download", "--name", NAME, "--index", f"{url}/model_info.json", "--bundle_dir", str(tmp_path / "t"),
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "differs from the index" in proc.stderr and not (tmp_path / "t" / NAME).exists()
