@@ -47,12 +47,23 @@ def friendly(exc: BaseException) -> str:
     return f"{type(seen).__name__}: {text}"
 
 
+def _is_device_error(exc: BaseException) -> bool:
+    """torch's own errors for a CUDA device this machine does not have (an AssertionError on CPU-only builds)."""
+    text = str(exc)
+    return isinstance(exc, (AssertionError, RuntimeError)) and (
+        "not compiled with CUDA" in text or "no NVIDIA driver" in text or "CUDA driver" in text
+    )
+
+
 def _hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     cause = root_cause(exc)
-    if os.environ.get("REGISTRATION_TRACEBACK") or not isinstance(cause, USER_ERRORS):
+    if os.environ.get("REGISTRATION_TRACEBACK") or not (isinstance(cause, USER_ERRORS) or _is_device_error(cause)):
         sys.__excepthook__(kind, exc, tb)
         return
-    print(f"error: {friendly(exc)}", file=sys.stderr)
+    if _is_device_error(cause):
+        print(f"error: device: {cause}; run on the CPU with --device \"$torch.device('cpu')\".", file=sys.stderr)
+    else:
+        print(f"error: {friendly(exc)}", file=sys.stderr)
     print("(set REGISTRATION_TRACEBACK=1 for the full traceback)", file=sys.stderr)
 
 

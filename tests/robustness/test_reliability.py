@@ -146,10 +146,14 @@ def _bundle_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("what", ["4D fixed", "singular affine", "no fixed image", "out below a file"])
+@pytest.mark.parametrize("what", ["4D fixed", "singular affine", "no fixed image", "out below a file", "cuda"])
 def test_monai_bundle_run_prints_one_line_not_a_traceback(what, good, tmp_path, ckpt):
-    fixed, out = good["fixed"], tmp_path / "out"
-    if what == "out below a file":
+    fixed, out, extra = good["fixed"], tmp_path / "out", []
+    if what == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra, fragment = ["--device", "$torch.device('cuda')"], "error: device: Torch not compiled with CUDA"
+    elif what == "out below a file":
         (tmp_path / "file").write_text("x")
         out, fragment = tmp_path / "file" / "out", "file is a file"
     elif what == "4D fixed":
@@ -164,7 +168,7 @@ def test_monai_bundle_run_prints_one_line_not_a_traceback(what, good, tmp_path, 
     else:
         fixed, fragment = None, "fixed"
     args = ["--moving", good["moving"], "--output_dir", str(out), "--ckpt_path", ckpt]
-    args += ["--fixed", fixed] if fixed else []
+    args += (["--fixed", fixed] if fixed else []) + extra
     proc = _bundle_run(*args, cwd=tmp_path)
     assert proc.returncode != 0
     err = _last_error(proc)
