@@ -34,23 +34,6 @@ def _blob(shift: float = 0.0) -> np.ndarray:
     return np.exp(-((g - c) ** 2).sum(0) / 30.0).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "bundles" / BUNDLE / "configs" / "inference.json"))
-    parser["bundle_root"] = str(ROOT / "bundles" / BUNDLE)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture()
-def good(tmp_path) -> dict[str, str]:
-    return {"moving": _save(tmp_path / "moving.nii.gz", _blob(1.0)), "fixed": _save(tmp_path / "fixed.nii.gz", _blob())}
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(

@@ -24,23 +24,6 @@ from common.errors import friendly, root_cause
 from common.io.nifti import ImageReadError, read_label_map, read_nifti
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / "bundles" / BUNDLE / "configs" / "inference.json"))
-    parser["bundle_root"] = str(ROOT / "bundles" / BUNDLE)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture()
-def good(tmp_path) -> dict[str, str]:
-    return {"moving": _save(tmp_path / "moving.nii.gz", _blob(1.0)), "fixed": _save(tmp_path / "fixed.nii.gz", _blob())}
-
-
 def _last_error(proc: subprocess.CompletedProcess) -> str:
     lines = [x for x in proc.stderr.strip().splitlines() if x.startswith("error:")]
     assert lines, proc.stderr[-2000:]
