@@ -128,12 +128,32 @@ def _instance_overrides(b: Path, instance_iterations: Any) -> dict[str, Any]:
     return {"instance_iterations": int(instance_iterations)}
 
 
+def _output_overrides(outputs: Any, compression: Any) -> dict[str, Any]:
+    """``--outputs`` / ``--compression`` as config overrides (checked here: one line, not a config traceback)."""
+    from common.engines.outputs import parse_outputs
+
+    extra: dict[str, Any] = {}
+    if outputs is not None:
+        try:
+            extra["outputs"] = list(parse_outputs(outputs))
+        except ValueError as exc:
+            raise CLIError(f"--{exc}") from None
+    if compression is not None:
+        if isinstance(compression, bool) or not isinstance(compression, int) or not 0 <= compression <= 9:
+            raise CLIError(f"--compression must be a gzip level 0-9, got {compression!r}.")
+        extra["output_compression"] = int(compression)
+    return extra
+
+
 def _register(
-    bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt, instance_iterations
-) -> None:
+    bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt, instance_iterations, outputs,
+    compression,
+) -> None:  # fmt: skip
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
-    extra = _instance_overrides(b, instance_iterations)
+    extra = {**_instance_overrides(b, instance_iterations), **_output_overrides(outputs, compression)}
+    if "labels" in extra.get("outputs", ()) and moving_label is None:
+        raise CLIError("--outputs labels needs --moving_label (the label map to warp).")
     _check_device(device)
     for name, path in (
         ("moving", moving),
@@ -176,8 +196,10 @@ def register(
     overwrite: bool = False,
     ckpt: str | None = None,
     instance_iterations: int | None = None,
+    outputs: str | None = None,
+    compression: int | None = None,
 ) -> None:
-    """Register one pair with a bundle and write every output into ``out/<moving>_to_<fixed>/``.
+    """Register one pair with a bundle and write its outputs into ``out/<moving>_to_<fixed>/``.
 
     Args:
         bundle: bundle name (see ``python -m common bundles``) or path to a bundle folder.
@@ -191,9 +213,12 @@ def register(
         ckpt: weights to use instead of the bundle's models/model.pt.
         instance_iterations: refine the network's field for this pair with this many instance-optimisation steps
             per level, on the input grid (0: the network alone; default: the bundle's ``inference.json``).
+        outputs: comma-separated outputs to write (default all): warped, labels, l2r, itk, qc, metrics, inverse,
+            extras (see ``common.engines.outputs.OUTPUTS``); e.g. ``--outputs warped,itk`` for a quick look.
+        compression: gzip level 0-9 for every file (default: displacement fields 0, images 1).
     """
     _guard(_register, bundle, moving, fixed, out, moving_label, fixed_label, device, overwrite, ckpt,
-           instance_iterations)  # fmt: skip
+           instance_iterations, outputs, compression)  # fmt: skip
 
 
 def _check_pair_files(pair: dict[str, Any]) -> None:
@@ -207,10 +232,12 @@ def _check_pair_files(pair: dict[str, Any]) -> None:
             read_label_map(pair[key])
 
 
-def _batch(bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume) -> int:
+def _batch(
+    bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume, outputs, compression
+) -> int:
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
-    extra = _instance_overrides(b, instance_iterations)
+    extra = {**_instance_overrides(b, instance_iterations), **_output_overrides(outputs, compression)}
     _check_device(device)
     from common.engines.inference import _pair_name, merge_summary, pair_datalist
 
@@ -280,6 +307,8 @@ def batch(
     ckpt: str | None = None,
     instance_iterations: int | None = None,
     resume: bool = False,
+    outputs: str | None = None,
+    compression: int | None = None,
 ) -> None:
     """Register every pair of a datalist JSON (``{"test": [{"moving_image": ..., "fixed_image": ...}]}``),
     with a progress bar, and write ``out/summary.csv`` with one row of metrics per pair.
@@ -294,11 +323,14 @@ def batch(
         ckpt: weights to use instead of the bundle's models/model.pt.
         instance_iterations: instance-optimisation steps per level for every pair (see ``register``).
         resume: skip the pairs whose outputs are complete in ``out`` (an earlier, interrupted or failed batch).
+        outputs: comma-separated outputs to write for every pair (see ``register``).
+        compression: gzip level 0-9 for every file (see ``register``).
 
     A pair with a bad file is reported on one line (naming the pair, the file and the problem), recorded in
     ``summary.csv`` as ``failed: ...``, and the others go on; the exit code is 1 when any pair failed.
     """
-    code = _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume)
+    code = _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume,
+                  outputs, compression)  # fmt: skip
     if code:
         sys.exit(code)
 

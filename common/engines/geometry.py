@@ -41,6 +41,7 @@ __all__ = [
     "ddf_to_fixed_grid",
     "warp_to_fixed",
     "warp_labels_to_fixed",
+    "same_grid",
     "world_ddf",
     "world_map_ddf",
 ]
@@ -286,26 +287,43 @@ def warp_labels_to_fixed(
     ddf_fixed: torch.Tensor | None,
     fixed_affine: np.ndarray,
     fixed_shape: Sequence[int] | None = None,
-    chunk: int = 4,
+    block: int = 1 << 20,
 ) -> np.ndarray:
     """Warp a label map of any integer codes (its own grid) into the fixed geometry; returns codes, ``(*S_fixed)``.
 
     Each class's one-hot channel is interpolated linearly and the largest wins (outside the moving image: the
-    lowest code, usually background). Classes go ``chunk`` at a time (:func:`common.blocks.sample_labels_at`),
-    which keeps a 1 mm brain label map under a few hundred MB. ``ddf_fixed=None`` means no displacement (labels
-    only resampled into the fixed geometry; then ``fixed_shape`` is required).
+    lowest code, usually background), computed from the grid corners around each point
+    (:func:`common.blocks.sample_labels_at`, ``block`` output voxels at a time). ``ddf_fixed=None`` means no
+    displacement (labels only resampled into the fixed geometry; then ``fixed_shape`` is required); when the
+    label map already lies on the fixed grid that is the map itself, returned without resampling.
     """
     labels = np.rint(np.asarray(labels)).astype(np.int64)
-    codes = np.unique(labels)
-    idx = torch.as_tensor(np.searchsorted(codes, labels))[None, None]
     if ddf_fixed is None:
         if fixed_shape is None:
             raise ValueError("warp_labels_to_fixed: give `fixed_shape` when `ddf_fixed` is None.")
+        if same_grid(moving_affine, labels.shape, fixed_affine, fixed_shape):
+            return labels.copy()
+    codes = np.unique(labels)
+    idx = torch.as_tensor(np.searchsorted(codes, labels))[None, None]
+    if ddf_fixed is None:
         coords = grid_coords(fixed_affine, fixed_shape, moving_affine, dtype=torch.float64)
     else:
         coords = _moving_coords(moving_affine, ddf_fixed, fixed_affine)
-    out = sample_labels_at(idx, coords, num_classes=len(codes), chunk=chunk)
-    return codes[out[0, 0].numpy()]
+    out = sample_labels_at(idx, coords, num_classes=len(codes), block=block)
+    return codes[out[0, 0].cpu().numpy()]
+
+
+def same_grid(
+    affine_a: np.ndarray, shape_a: Sequence[int], affine_b: np.ndarray, shape_b: Sequence[int], atol: float = 1e-6
+) -> bool:
+    """Whether two voxel grids coincide: same shape and the same affine (to ``atol`` mm); resampling from one to
+    the other is then the identity."""
+    a, b = np.asarray(affine_a, dtype=np.float64), np.asarray(affine_b, dtype=np.float64)
+    return (
+        tuple(int(s) for s in shape_a) == tuple(int(s) for s in shape_b)
+        and a.shape == b.shape
+        and bool(np.allclose(a, b, rtol=0.0, atol=atol))
+    )
 
 
 def _moving_coords(moving_affine: np.ndarray, ddf_fixed: torch.Tensor, fixed_affine: np.ndarray) -> torch.Tensor:

@@ -39,12 +39,11 @@ from common.engines.geometry import (
     network_grid,
     pool_factors,
     resample_to_grid,
-    warp_labels_to_fixed,
     warp_to_fixed,
 )
+from common.engines.outputs import PairContext, parse_outputs, write_pair_outputs
 from common.engines.registration import PredToDDF
-from common.io.nifti import ImageReadError, atomic_path, read_label_map, read_nifti, write_nifti
-from common.metrics.similarity import global_ncc
+from common.io.nifti import ImageReadError, atomic_path, read_label_map, read_nifti
 
 __all__ = [
     "normalise_intensity",
@@ -165,7 +164,7 @@ class LoadRegistrationPaird(MapTransform):
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
-        d["t_start"] = time.perf_counter()
+        d["t_start"] = t_start = time.perf_counter()
         mov, mov_aff = self._read(d["moving_image"], "moving")
         fix, fix_aff = self._read(d["fixed_image"], "fixed")
         for aff, key in ((mov_aff, "moving_image"), (fix_aff, "fixed_image")):
@@ -223,6 +222,7 @@ class LoadRegistrationPaird(MapTransform):
         }
         for key in ("moving_label", "fixed_label"):
             d.pop(key, None)  # read on the original grids at output time
+        d["seconds_read"] = time.perf_counter() - t_start
         return d
 
 
@@ -337,13 +337,18 @@ def refine_on_fixed_grid(
 
 
 class SaveRegistrationOutputsd(Transform):
-    """Evaluator postprocessing (decollated items): map the field to the fixed grid and write every output.
+    """Evaluator postprocessing (decollated items): map the field to the fixed grid and write the outputs.
 
     Args:
         pred_to_ddf: turns ``pred`` into a displacement on the network grid.
         output_dir: folder; each pair gets ``<moving>_to_<fixed>/``.
         overwrite: replace existing outputs (default: refuse, naming the folder).
-        write_itk / write_l2r / write_qc: optional outputs.
+        outputs: which outputs to write (:data:`common.engines.outputs.OUTPUTS`: warped, labels, l2r, itk, qc,
+            metrics, inverse, extras), a list or a comma-separated string; None or ``"all"``: every one.
+            ``metrics.json`` (provenance, timings and the selected metrics) is always written.
+        compression: gzip level 0-9 for every file; None: displacement fields level 0, images level 1 (see
+            :mod:`common.engines.outputs`).
+        threads: writers run at once (thread pool); 1 writes one after the other.
         extra_outputs: callable ``(item, ddf_net) -> dict[name, (array (C or 1, *S_net))]`` for method-specific
             maps (e.g. an uncertainty map); they are resampled to the fixed grid and written as NIfTI.
         qc_extra: name of the extra output shown as the last column of the QC figure.
@@ -364,9 +369,9 @@ class SaveRegistrationOutputsd(Transform):
         pred_to_ddf: PredToDDF,
         output_dir: str,
         overwrite: bool = False,
-        write_itk: bool = True,
-        write_l2r: bool = True,
-        write_qc: bool = True,
+        outputs: Sequence[str] | str | None = None,
+        compression: int | None = None,
+        threads: int = 2,
         extra_outputs: Any = None,
         qc_extra: str | None = None,
         inverse_to_ddf: PredToDDF | None = None,
@@ -377,6 +382,11 @@ class SaveRegistrationOutputsd(Transform):
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
         self.bundle_root, self.ckpt_path = bundle_root, ckpt_path
+        self.outputs = parse_outputs(outputs)
+        if compression is not None and (isinstance(compression, bool) or not 0 <= int(compression) <= 9):
+            raise ValueError(f"compression: a gzip level 0-9 or null, got {compression!r}.")
+        self.compression = None if compression is None else int(compression)
+        self.threads = max(1, int(threads))
         existing = next((p for p in (Path(output_dir), *Path(output_dir).parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():  # fail before registering, not after
             raise NotADirectoryError(f"{output_dir}: cannot create the output folder: {existing} is a file.")
@@ -384,12 +394,7 @@ class SaveRegistrationOutputsd(Transform):
         self._cleaned = False
         self.instance_optimiser = instance_optimiser
         self.output_dir = Path(output_dir)
-        self.overwrite, self.write_itk, self.write_l2r, self.write_qc = (
-            overwrite,
-            write_itk,
-            write_l2r,
-            write_qc,
-        )
+        self.overwrite = overwrite
         self.extra_outputs, self.qc_extra, self.inverse_to_ddf = extra_outputs, qc_extra, inverse_to_ddf
         self.extra_files = extra_files
         self._written: set[str] = set()
@@ -417,6 +422,11 @@ class SaveRegistrationOutputsd(Transform):
                 f"{out}: output folder exists (written by {_writer_of(out)}); pass --overwrite true to replace it "
                 "or choose another output folder."
             )
+        timings: dict[str, Any] = {}
+        if "t_start" in item and "seconds_read" in item:
+            timings["read"] = float(item["seconds_read"])
+            # collation, device transfer and the forward pass: what happened between reading and this call
+            timings["network"] = start - float(item["t_start"]) - float(item["seconds_read"])
         pred = item["pred"]
         pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
         net_shape = tuple(item["fixed_image"].shape[1:])
@@ -427,22 +437,31 @@ class SaveRegistrationOutputsd(Transform):
         dims = ddf.shape[1]
         moving, _ = read_nifti(paths["moving_image"], ndim=dims)
         fixed, _ = read_nifti(paths["fixed_image"], ndim=dims)
+        timings["map_to_fixed"] = time.perf_counter() - start
         refine_s = None
         if self.instance_optimiser is not None and self.instance_optimiser.total_iterations > 0:
             ddf = refine_on_fixed_grid(
                 self.instance_optimiser, ddf, moving, geo["moving_affine"], fixed, geo["fixed_affine"]
             )
-            refine_s = float(self.instance_optimiser.seconds)
-        t_mov = torch.as_tensor(moving)[None, None]
-        warped = warp_to_fixed(t_mov, geo["moving_affine"], ddf, geo["fixed_affine"])[0, 0].numpy()
-        unwarped = warp_to_fixed(t_mov, geo["moving_affine"], torch.zeros_like(ddf), geo["fixed_affine"])[0, 0].numpy()
+            refine_s = timings["instance_optimisation"] = float(self.instance_optimiser.seconds)
         final_out = out
         out = out.parent / f".{out.name}.partial-{os.getpid()}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+        # absolute paths for the writer threads: ITK's lazy module loader changes the working directory while it
+        # loads (itk/support/base.py), which would send another thread's relative path elsewhere
+        abs_paths = {k: os.path.abspath(v) for k, v in paths.items()}
+        ctx = PairContext(
+            out=out.resolve(), title=final_out.name, item=item, geo=geo, paths=abs_paths, ddf=ddf, ddf_net=ddf_net, moving=moving,
+            fixed=fixed, selected=self.outputs, compression=self.compression, inverse_to_ddf=self.inverse_to_ddf,
+            extra_outputs=self.extra_outputs, extra_files=self.extra_files, qc_extra=self.qc_extra,
+        )  # fmt: skip
         try:
-            item["seconds_instance_optimisation"] = refine_s
-            self._write_all(item, out, final_out, geo, paths, ddf, ddf_net, moving, fixed, warped, unwarped, start)
+            t_out = time.perf_counter()
+            written, metrics, writer_s = write_pair_outputs(ctx, self.threads)
+            timings["outputs"] = time.perf_counter() - t_out
+            timings["writers"] = writer_s
+            self._finish(item, out, final_out, paths, written, metrics, timings, refine_s, start)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
@@ -459,150 +478,27 @@ class SaveRegistrationOutputsd(Transform):
             ) from None
         return item
 
-    def _write_all(self, item, out, final_out, geo, paths, ddf, ddf_net, moving, fixed, warped, unwarped, start):
-        from common.io.itk_field import write_itk_displacement
-        from common.io.l2r import write_l2r_displacement
-        from common.io.qc import save_qc_figure
-        from common.metrics import dice_per_label, percent_folding, sdlogj
-
-        dims = ddf.shape[1]
-        fixed_shape = tuple(int(s) for s in geo["fixed_shape"])
-        written = {"warped_image": str(write_nifti(warped, _as4(geo["fixed_affine"]), out / "warped.nii.gz"))}
-        metrics: dict[str, Any] = {
-            "ncc_before": global_ncc(unwarped, fixed),
-            "ncc_after": global_ncc(warped, fixed),
-            "sdlogj": float(sdlogj(ddf[0].numpy())),
-        }
-        metrics["percent_folding"] = folding = float(percent_folding(ddf[0].numpy()))
-        metrics["folding_voxels"] = int(round(folding * ddf[0, 0].numel() / 100.0))
-        if paths.get("moving_label"):
-            moving_labels, _ = read_label_map(paths["moving_label"], ndim=dims)
-            warped_labels = warp_labels_to_fixed(moving_labels, geo["moving_affine"], ddf, geo["fixed_affine"])
-            warped_labels = warped_labels.astype(np.int32)
-            written["warped_label"] = str(
-                write_nifti(
-                    warped_labels,
-                    _as4(geo["fixed_affine"]),
-                    out / "warped_label.nii.gz",
-                )
-            )
-            if paths.get("fixed_label"):
-                fixed_labels, _ = read_label_map(paths["fixed_label"], ndim=dims)
-                before = warp_labels_to_fixed(
-                    moving_labels, geo["moving_affine"], None, geo["fixed_affine"], fixed_shape=fixed_shape
-                )
-                d_after = dice_per_label(warped_labels, fixed_labels)
-                d_before = dice_per_label(before, fixed_labels)
-                metrics["dice_before"] = (
-                    float(np.mean(list(_dice_values(d_before)))) if _dice_values(d_before) else None
-                )
-                metrics["dice_after"] = float(np.mean(list(_dice_values(d_after)))) if _dice_values(d_after) else None
-        if self.write_l2r:
-            written["l2r_displacement"] = str(
-                write_l2r_displacement(ddf, out / "disp.nii.gz", affine=_as4(geo["fixed_affine"]))
-            )
-        if self.write_itk:  # 2D fields are 2D ITK vector images (ITK/SimpleITK read them; 3D Slicer wants 3D)
-            written["itk_displacement"] = str(
-                write_itk_displacement(ddf, geo["fixed_affine"], out / "displacement_itk.nii.gz")
-            )
-        if self.inverse_to_ddf is not None:
-            written.update(self._write_inverse(item, out, geo, paths, metrics, moving, fixed))
-        qc_map = None
-        if self.extra_outputs is not None:
-            for name, arr in self.extra_outputs(item, ddf_net).items():
-                t = torch.as_tensor(arr)[None].float()
-                res = resample_to_grid(t, geo["net_affine"], geo["fixed_affine"], fixed_shape)[0]
-                written[name] = str(write_nifti(res[0].numpy(), geo["fixed_affine"], out / f"{name}.nii.gz"))
-                if name == self.qc_extra:
-                    qc_map = res[0].numpy()
-        if self.extra_files is not None:
-            written.update({k: str(v) for k, v in self.extra_files(item, out, geo).items()})
-        if item.get("seconds_instance_optimisation") is not None:
-            metrics["seconds_instance_optimisation"] = float(item["seconds_instance_optimisation"])
+    def _finish(self, item, out, final_out, paths, written, metrics, timings, refine_s, start) -> None:
+        """``metrics.json`` (pair, provenance, metrics, outputs, timings) and the pair's summary record."""
+        if refine_s is not None:
+            metrics["seconds_instance_optimisation"] = float(refine_s)
             metrics["instance_iterations"] = int(self.instance_optimiser.total_iterations)
         metrics["seconds_postprocess"] = time.perf_counter() - start
         if "t_start" in item:
-            # reading + resampling + network + mapping back + writing every output, for this pair
-            metrics["seconds_total"] = time.perf_counter() - float(item["t_start"])
-        if self.write_qc:
-            written["qc"] = str(
-                save_qc_figure(
-                    fixed,
-                    moving if moving.shape == fixed.shape else unwarped,
-                    warped,
-                    ddf,
-                    out / "qc.png",
-                    title=final_out.name,
-                    extra=qc_map,
-                    extra_label=self.qc_extra or "extra",
-                    metrics={k: v for k, v in metrics.items() if isinstance(v, float) and not k.startswith("seconds")},
-                )
-            )
+            # reading + resampling + network + mapping back + writing the outputs, for this pair
+            metrics["seconds_total"] = timings["total"] = time.perf_counter() - float(item["t_start"])
         written = {k: str(final_out / Path(v).name) for k, v in written.items()}
+        timings = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in timings.items()}
+        record = {"pair": paths, "provenance": self._provenance or {}, "metrics": metrics, "outputs": written,
+                  "timings": timings}  # fmt: skip
         with atomic_path(out / "metrics.json") as tmp:
-            tmp.write_text(
-                json.dumps(
-                    {"pair": paths, "provenance": self._provenance or {}, "metrics": metrics, "outputs": written},
-                    indent=2,
-                )
-            )
+            tmp.write_text(json.dumps(record, indent=2))
         item["registration"] = {
             "name": final_out.name,
             "bundle": (self._provenance or {}).get("bundle"),
             "out_dir": str(final_out),
             **metrics,
         }
-
-    def _write_inverse(self, item, out, geo, paths, metrics, moving_arr, fixed) -> dict[str, str]:
-        """Inverse outputs on the moving image's grid (see ``inverse_to_ddf``); updates ``metrics``."""
-        from common.io.itk_field import write_itk_displacement
-        from common.metrics import dice_per_label, percent_folding, sdlogj
-
-        pred = item["pred"]
-        pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
-        net_shape = tuple(item["fixed_image"].shape[1:])
-        dims = len(net_shape)
-        moving_aff = _as4(geo["moving_affine"])
-        with torch.no_grad():
-            inv_net = self.inverse_to_ddf(pred[None].float(), net_shape)
-            inv = ddf_to_fixed_grid(inv_net, geo["net_affine"], geo["moving_affine"], moving_arr.shape)
-        t_fix = torch.as_tensor(fixed)[None, None]
-        warped_fixed = warp_to_fixed(t_fix, geo["fixed_affine"], inv, geo["moving_affine"])[0, 0].numpy()
-        written = {
-            "warped_fixed": str(write_nifti(warped_fixed, moving_aff, out / "warped_fixed.nii.gz")),
-            "inverse_itk_displacement": str(
-                write_itk_displacement(inv, geo["moving_affine"], out / "inverse_displacement_itk.nii.gz")
-            ),
-        }
-        metrics["ncc_inverse_after"] = global_ncc(warped_fixed, moving_arr)
-        metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy()))
-        metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy()))
-        if paths.get("moving_label") and paths.get("fixed_label"):
-            fixed_labels, _ = read_label_map(paths["fixed_label"], ndim=dims)
-            warped_labels = warp_labels_to_fixed(fixed_labels, geo["fixed_affine"], inv, geo["moving_affine"])
-            warped_labels = warped_labels.astype(np.int32)
-            written["warped_fixed_label"] = str(
-                write_nifti(warped_labels, moving_aff, out / "warped_fixed_label.nii.gz")
-            )
-            moving_labels, _ = read_label_map(paths["moving_label"], ndim=dims)
-            values = _dice_values(dice_per_label(warped_labels, moving_labels))
-            metrics["dice_inverse_after"] = float(np.mean(values)) if values else None
-        return written
-
-
-def _as4(aff: np.ndarray) -> np.ndarray:
-    """A 2D ``(3, 3)`` affine as the ``(4, 4)`` NIfTI affine; a 3D one unchanged."""
-    aff = np.asarray(aff, dtype=np.float64)
-    if aff.shape == (4, 4):
-        return aff
-    full = np.eye(4)
-    full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]
-    return full
-
-
-def _dice_values(result: Any) -> list[float]:
-    per = result.get("per_label", result) if isinstance(result, dict) else result
-    return [float(v) for v in per.values() if v is not None and np.isfinite(v)]
 
 
 class RegistrationSummaryHandler:

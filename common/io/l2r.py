@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from common.conventions import ALIGN_CORNERS, check_ddf
 from common.io.convert import as_affine
 from common.io.files import image_stem
-from common.io.nifti import ImageReadError, atomic_path
+from common.io.nifti import ImageReadError, atomic_path, save_image
 
 __all__ = [
     "l2r_case_id",
@@ -86,6 +86,7 @@ def write_l2r_displacement(
     affine: np.ndarray | None = None,
     half_resolution: bool = False,
     dtype: type | None = None,
+    compresslevel: int | None = None,
 ) -> Path:
     """Write a DDF as a Learn2Reg displacement file (atomic: temp file + rename).
 
@@ -105,6 +106,8 @@ def write_l2r_displacement(
             be brought to full size with :func:`common.blocks.resize_flow` (which rescales it).
         dtype: stored dtype. None (default): float16 for ``.npz`` (the 2021 task required it), float32 for
             NIfTI. NIfTI-1 has no 16-bit float type (nibabel refuses it): float16 is only valid for ``.npz``.
+        compresslevel: gzip level 0-9 of a ``.nii.gz`` (None: nibabel's default, 1); see
+            :func:`common.io.nifti.write_nifti`.
 
     Returns:
         The written path.
@@ -149,15 +152,14 @@ def write_l2r_displacement(
     if out_dtype == np.float16 and np.abs(arr).max(initial=0.0) > _F16_MAX:
         raise ValueError(f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range.")
     arr = arr.astype(out_dtype)
-    with atomic_path(p) as tmp:
-        if suffix == ".npz":
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, arr_0=arr)
-        else:
-            img = nib.Nifti1Image(np.moveaxis(arr, 0, -1), aff)
-            img.header.set_xyzt_units("mm")
-            img.header.set_data_dtype(out_dtype)
-            nib.save(img, str(tmp))
+    if suffix == ".npz":
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, arr_0=arr)
+        return p
+    img = nib.Nifti1Image(np.moveaxis(arr, 0, -1), aff)
+    img.header.set_xyzt_units("mm")
+    img.header.set_data_dtype(out_dtype)
+    save_image(img, p, compresslevel)
     return p
 
 

@@ -78,6 +78,7 @@ def save_qc_figure(
     metrics: Mapping[str, float] | None = None,
     extra_label: str = "extra",
     dpi: int = 100,
+    det: np.ndarray | None = None,
 ) -> Path:
     """Save a PNG with one row per orthogonal view (3D: middle slices; 2D: one row).
 
@@ -99,6 +100,8 @@ def save_qc_figure(
         metrics: numbers appended to the title, e.g. ``{"NCC before": 0.61, "NCC after": 0.83}``.
         extra_label: column title for ``extra``.
         dpi: resolution.
+        det: the field's Jacobian determinant (:func:`common.metrics.jacobian.jacobian_determinant`) when the
+            caller has it already (computed here otherwise).
 
     Returns:
         The written path.
@@ -128,7 +131,9 @@ def save_qc_figure(
     u = _field(ddf, spatial)
     dims = len(spatial)
     # explicit determinant in NumPy slabs (common.metrics): a fraction of the memory of torch.linalg.det
-    jac = jacobian_determinant(u[0].numpy())
+    jac = jacobian_determinant(u[0].numpy()) if det is None else np.asarray(det)
+    if jac.shape != spatial:
+        raise ValueError(f"{_CALLER}: `det` has shape {jac.shape} but `fixed` has {spatial}.")
     fold_pct = 100.0 * float((jac <= 0).mean())
     jac = jac.astype(np.float32)  # display only (the sign survives the cast; fold_pct is from float64)
     u = u[0].numpy().astype(np.float32)

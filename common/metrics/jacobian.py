@@ -68,7 +68,7 @@ def jacobian_determinant(ddf: Any) -> np.ndarray:
     return _central_det(u, "jacobian_determinant")
 
 
-def sdlogj(ddf: Any, crop: int = 2) -> float:
+def sdlogj(ddf: Any, crop: int = 2, det: np.ndarray | None = None) -> float:
     """Standard deviation of the log Jacobian determinant, Learn2Reg definition.
 
     ``SDlogJ = std(log(clip(det(I + grad u) + 3, 1e-9, 1e9)))`` over the voxels left after removing
@@ -80,6 +80,7 @@ def sdlogj(ddf: Any, crop: int = 2) -> float:
     Args:
         ddf: displacement in voxels, ``(D, *S)`` or ``(1, D, *S)``.
         crop: voxels removed at each border, >= 0.
+        det: :func:`jacobian_determinant` of ``ddf`` when the caller has it already (shape ``S``).
 
     Raises:
         ValueError: bad field, negative ``crop`` or a crop that leaves no voxel.
@@ -90,22 +91,30 @@ def sdlogj(ddf: Any, crop: int = 2) -> float:
     shape = u.shape[1:]
     if any(n <= 2 * crop for n in shape):
         raise ValueError(f"sdlogj: `crop`={crop} leaves no voxel of the field's grid {tuple(shape)}.")
-    det = _central_det(u, "sdlogj")
+    det = _central_det(u, "sdlogj") if det is None else _given_det(det, shape, "sdlogj")
     det = det[tuple(slice(crop, n - crop) for n in shape)]
     return float(np.log(np.clip(det + 3.0, 1e-9, 1e9)).std())
 
 
-def percent_folding(ddf: Any, mask: Any = None) -> float:
+def percent_folding(ddf: Any, mask: Any = None, det: np.ndarray | None = None) -> float:
     """Percentage of (masked) voxels with central-difference ``det(I + grad u) <= 0``.
 
     Args:
         ddf: displacement in voxels, ``(D, *S)`` or ``(1, D, *S)``.
         mask: optional region (non-zero = inside) of shape ``S``; default all voxels.
+        det: :func:`jacobian_determinant` of ``ddf`` when the caller has it already (shape ``S``).
     """
     u = ddf_array(ddf, "percent_folding")
     m = mask_array(mask, u.shape[1:], "percent_folding")
-    det = _central_det(u, "percent_folding")
+    det = _central_det(u, "percent_folding") if det is None else _given_det(det, u.shape[1:], "percent_folding")
     return float(100.0 * np.count_nonzero((det <= 0) & m) / np.count_nonzero(m))
+
+
+def _given_det(det: Any, shape: tuple[int, ...], caller: str) -> np.ndarray:
+    arr = np.asarray(det, dtype=np.float64)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{caller}: `det` has shape {arr.shape}, the field's grid is {tuple(shape)}.")
+    return arr
 
 
 def _schemes(dims: int) -> list[list[_Offsets]]:

@@ -130,13 +130,30 @@ def dice_per_label(
     presence = p if moving is None else label_array(moving, "moving", caller)
     codes, skipped = scored_labels(p, r, presence, labels)
     scores: dict[int, float] = {}
+    counted = _label_counts(p, r) if codes else None
     for c in codes:
-        pm, rm = p == c, r == c
-        denom = int(pm.sum()) + int(rm.sum())
-        scores[c] = 2.0 * int(np.logical_and(pm, rm).sum()) / denom if denom else float("nan")
+        if counted is not None:
+            n_p, n_r, n_both = (int(x[c]) if c < len(x) else 0 for x in counted)
+        else:
+            pm, rm = p == c, r == c
+            n_p, n_r, n_both = int(pm.sum()), int(rm.sum()), int(np.logical_and(pm, rm).sum())
+        denom = n_p + n_r
+        scores[c] = 2.0 * n_both / denom if denom else float("nan")
     if return_skipped:
         return scores, sorted(skipped)
     return scores
+
+
+def _label_counts(p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Voxel counts per code in ``p``, in ``r`` and where both agree (one pass each, ``np.bincount``); None when
+    codes are negative or too large for a count table (then Dice counts code by code)."""
+    lo = min(int(p.min(initial=0)), int(r.min(initial=0)))
+    hi = max(int(p.max(initial=0)), int(r.max(initial=0)))
+    if lo < 0 or hi > 1_000_000:
+        return None
+    n = hi + 1
+    both = p[p == r]
+    return np.bincount(p.ravel(), minlength=n), np.bincount(r.ravel(), minlength=n), np.bincount(both, minlength=n)
 
 
 def mean_dice(pred: Any, ref: Any, labels: Sequence[int] | None = None, *, moving: Any = None) -> float:

@@ -135,8 +135,8 @@ def _argmax_reference(labels_idx, coords, k):
     return sample_at(oh, coords.to(torch.float64), mode="bilinear", padding_mode="zeros").argmax(1)[0]
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
-def test_sample_labels_at_matches_the_full_one_hot_argmax(chunk):
+@pytest.mark.parametrize("block", [1, 7, 300, 1 << 20])
+def test_sample_labels_at_matches_the_full_one_hot_argmax(block):
     gen = torch.Generator().manual_seed(0)
     k = 7
     # blocky labels (real maps are piecewise constant), sampled at jittered, partly out-of-grid points
@@ -144,22 +144,22 @@ def test_sample_labels_at_matches_the_full_one_hot_argmax(chunk):
     labels = torch.nn.functional.interpolate(coarse, size=(15, 18, 12), mode="nearest").long()
     coords = identity_grid((12, 14, 10), dtype=torch.float64) * 1.3 - 1.0
     coords = coords + 0.7 * torch.rand(coords.shape, generator=gen, dtype=torch.float64)
-    got = sample_labels_at(labels, coords, num_classes=k, chunk=chunk)[0, 0]
+    got = sample_labels_at(labels, coords, num_classes=k, block=block)[0, 0]
     ref = _argmax_reference(labels[0, 0].numpy(), coords, k)
     assert got.shape == (12, 14, 10)
     assert (got == ref).float().mean().item() > 0.999  # float32 vs float64 weights may break an exact tie
     assert set(got.unique().tolist()) <= set(range(k))
     # out of the moving grid every channel interpolates to 0 -> the lowest class, as argmax gives
     far = torch.full((1, 3, 2, 2, 2), 100.0, dtype=torch.float64)
-    assert sample_labels_at(labels, far, num_classes=k, chunk=chunk).unique().tolist() == [0]
+    assert sample_labels_at(labels, far, num_classes=k, block=block).unique().tolist() == [0]
 
 
 def test_sample_labels_at_rejects_bad_input():
     labels = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="sample_labels_at"):
         sample_labels_at(labels, torch.zeros(1, 2, 4, 4, 4))
-    with pytest.raises(ValueError, match="chunk"):
-        sample_labels_at(labels, torch.zeros(1, 3, 4, 4, 4), chunk=0)
+    with pytest.raises(ValueError, match="block"):
+        sample_labels_at(labels, torch.zeros(1, 3, 4, 4, 4), block=0)
     with pytest.raises(ValueError, match="0..2"):
         sample_labels_at(labels + 5, torch.zeros(1, 3, 4, 4, 4), num_classes=3)
 
@@ -176,7 +176,7 @@ def test_warp_labels_to_fixed_keeps_codes_and_follows_a_world_shift():
     fixed_lab, moving_lab = codes(fixed_blob), codes(moving_blob)
     ddf = torch.tensor(np.linalg.solve(fixed_aff[:3, :3], t), dtype=torch.float32).view(1, 3, 1, 1, 1)
     ddf = ddf.expand(1, 3, *shape).contiguous()
-    after = warp_labels_to_fixed(moving_lab, mov_aff, ddf, fixed_aff, chunk=1)
+    after = warp_labels_to_fixed(moving_lab, mov_aff, ddf, fixed_aff, block=1000)
     before = warp_labels_to_fixed(moving_lab, mov_aff, None, fixed_aff, fixed_shape=shape)
     assert after.shape == before.shape == shape
     assert set(np.unique(after)) == {0, 2, 41}

@@ -252,3 +252,22 @@ def test_instance_iterations_option(good, tmp_path, ckpt):
     proc = _cli("register", "--bundle", "cardiac_cine_ngf_bspline", "--moving", good["moving"], "--fixed",
                 good["fixed"], "--out", str(tmp_path / "c"), "--instance_iterations", "5")  # fmt: skip
     assert proc.returncode == 2 and "has no instance optimisation" in proc.stderr, proc.stderr
+
+
+def test_outputs_and_compression_options(good, tmp_path, ckpt):
+    import json
+
+    out = tmp_path / "out"
+    proc = _register(good["moving"], good["fixed"], out, ckpt, "--outputs", "warped,itk", "--compression", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = out / "moving_to_fixed"
+    assert {p.name for p in folder.iterdir()} == {"warped.nii.gz", "displacement_itk.nii.gz", "metrics.json"}
+    assert set(json.loads((folder / "metrics.json").read_text())["timings"]["writers"]) == {"warped", "itk"}
+    for args, message in (
+        (("--outputs", "warped,displacement"), "--outputs: unknown output(s) 'displacement'; choose from warped"),
+        (("--outputs", "labels"), "--outputs labels needs --moving_label"),
+        (("--compression", "11"), "--compression must be a gzip level 0-9"),
+    ):
+        proc = _register(good["moving"], good["fixed"], tmp_path / "bad", ckpt, *args)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
