@@ -7,7 +7,7 @@ Usage::
 
     python scripts/benchmark.py run --dataset brain_2mm --out outputs/benchmark            # default methods
     python scripts/benchmark.py run --datalist pairs.json --section test --methods zero,affine,ants,bundles
-    python scripts/benchmark.py profile --out outputs/profile      # bundles: inference 1 mm / 2 mm, train step
+    python scripts/benchmark.py profile --out outputs/profile      # bundles: time split at 1 mm, inference, train step
 
 Methods: ``zero``, ``affine`` (ITK, 3D), ``ants`` (antspyx SyN, preset ``--ants_preset lumir|script|fast``),
 ``elastix`` (itk-elastix default B-spline map), ``convexadam`` (PyPI ``convexadam`` 0.2.0, default parameters, CPU,
@@ -136,8 +136,11 @@ def one(method: str, pair_json: str, out: str, device: str = "cpu", ants_preset:
 
 
 # ---------------------------------------------------------------------------------------------- parent side
-def _spawn(args: list[str], timeout: float, threads: int = 0) -> tuple[int, float, float, str]:
-    """Run this script as a child; return (exit code, wall s, peak RSS GiB of that child alone, stderr tail).
+def _spawn(
+    args: list[str], timeout: float, threads: int = 0, module: str | None = None
+) -> tuple[int, float, float, str]:
+    """Run this script (or ``python -m module``) as a child; return (exit code, wall s, peak RSS GiB of that child
+    alone, stderr tail).
 
     ``threads > 0`` caps the child's OpenMP/MKL/torch threads (each method then uses that many cores)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -150,7 +153,8 @@ def _spawn(args: list[str], timeout: float, threads: int = 0) -> tuple[int, floa
         )
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=subprocess.DEVNULL,
+        cmd = ["-m", module] if module else [str(Path(__file__).resolve())]
+        proc = subprocess.Popen([sys.executable, *cmd, *args], stdout=subprocess.DEVNULL,
                                 stderr=err, env=env, cwd=str(ROOT))  # fmt: skip
         deadline = time.time() + timeout
         while True:
@@ -537,11 +541,23 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     return summary
 
 
-def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations: int = 3, bundles: str = "") -> str:
-    """Per trained 3D bundle: inference time and peak RAM at 1 mm and 2 mm (first test pair) and training step
-    time (``train_iterations`` steps after one warm-up, the bundle's own training config). ``bundles``:
-    comma-separated names to profile only those (default: every trained 3D bundle)."""
-    rows = []
+def profile(
+    out: str = "outputs/profile",
+    device: str = "cpu",
+    train_iterations: int = 3,
+    bundles: str = "",
+    pairs: int = 3,
+    split_only: bool = False,
+) -> str:
+    """Per trained 3D bundle: where the time of a 1 mm registration goes, inference time and peak RAM at 1 mm and
+    2 mm (first test pair) and training step time (``train_iterations`` steps after one warm-up, the bundle's own
+    training config). ``bundles``: comma-separated names to profile only those (default: every trained 3D bundle).
+
+    The split (:func:`split_rows`): ``python -m common register`` on the first 1 mm test pair without labels,
+    cold (a new process: start-up = its wall time minus the pair's own total), and ``python -m common batch`` over
+    ``pairs`` test pairs in one process (warm: the mean of the pairs after the first), with every output and with
+    only the warped image and the ITK field. ``split_only`` skips the older per-resolution and training rows."""  # fmt: skip
+    rows, split = [], []
     names = trained_bundles(3)
     if bundles:
         wanted = [b for b in bundles.split(",") if b] if isinstance(bundles, str) else list(bundles)
@@ -552,12 +568,15 @@ def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations:
             )
         names = [n for n in names if n in wanted]
     for name in names:
+        split += split_rows(name, Path(out) / "work" / name, int(pairs), device)
+        if split_only:
+            continue
         for res in ("1mm", "2mm"):
-            pairs = load_datalist(DATASETS[f"brain_{res}"][0], "test")
+            test_pairs = load_datalist(DATASETS[f"brain_{res}"][0], "test")
             work = Path(out) / "work"
             work.mkdir(parents=True, exist_ok=True)
             pj = work / f"{name}_{res}.json"
-            pj.write_text(json.dumps(pairs[0]))
+            pj.write_text(json.dumps(test_pairs[0]))
             res_path = work / f"{name}_{res}.npz"
             code, wall, peak, err = _spawn(["one", "--method", f"bundle:{name}", "--pair_json", str(pj),
                                             "--out", str(res_path), "--device", device], 3600)  # fmt: skip
@@ -574,9 +593,57 @@ def profile(out: str = "outputs/profile", device: str = "cpu", train_iterations:
         t = json.loads((Path(out) / "work" / f"{name}_train.json").read_text())
         rows.append({"bundle": name, "what": "training step", "seconds": round(t["seconds_per_step"], 2),
                      "peak_rss_gib": round(peak, 3)})  # fmt: skip
-    lines = [markdown_table(["bundle", "what", "seconds", "peak RAM (GiB)"],
-                            [[r["bundle"], r["what"], r["seconds"], r["peak_rss_gib"]] for r in rows])]  # fmt: skip
+    cols = ["start-up", "read", "network", "map to fixed grid", "outputs (wall)", "total", "peak RAM (GiB)"]
+    keys = ["startup", "read", "network", "map_to_fixed", "outputs", "total", "peak_rss_gib"]
+    lines = ["## Where the time goes: 1 mm pair, network only (seconds)", "",
+             markdown_table(["bundle", "run", *cols, "writers (s, in parallel)"],
+                            [[r["bundle"], r["run"], *[_fmt(r.get(k)) for k in keys],
+                              ", ".join(f"{w} {v:.1f}" for w, v in r["writers"].items())] for r in split])]  # fmt: skip
+    if rows:
+        lines += ["", "## Inference and training step", "",
+                  markdown_table(["bundle", "what", "seconds", "peak RAM (GiB)"],
+                                 [[r["bundle"], r["what"], r["seconds"], r["peak_rss_gib"]] for r in rows])]  # fmt: skip
+    for line in lines[2:3]:
+        print(line)
     return write_report(Path(out) / "profile.md", lines)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def split_rows(name: str, work: Path, pairs: int, device: str = "cpu") -> list[dict[str, Any]]:
+    """Time split of one bundle at 1 mm (see :func:`profile`): cold register, warm batch (all outputs), warm batch
+    (warped image and ITK field only). Each row: the ``timings`` of ``metrics.json`` plus start-up, wall, peak RAM."""
+    test_pairs = [{k: v for k, v in p.items() if k in ("moving_image", "fixed_image", "id")}
+                  for p in load_datalist(DATASETS["brain_1mm"][0], "test")[: max(2, int(pairs))]]  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    cold = work / "cold"
+    p0 = test_pairs[0]
+    code, wall, peak, err = _spawn(["register", "--bundle", name, "--moving", p0["moving_image"], "--fixed",
+                                    p0["fixed_image"], "--out", str(cold), "--overwrite", "True", "--device", device],
+                                   3600, module="common")  # fmt: skip
+    if code != 0:
+        raise SystemExit(f"profile: {name} register failed: {error_line(err)}")
+    t = json.loads(next(cold.glob("*/metrics.json")).read_text())["timings"]
+    rows.append({"bundle": name, "run": "cold: `python -m common register`", **t, "startup": wall - t["total"],
+                 "total": wall, "peak_rss_gib": peak})  # fmt: skip
+    listing = work / "pairs.json"
+    listing.write_text(json.dumps({"test": test_pairs}))
+    for label, outputs in (("warm: `batch`, every output", None), ("warm: `batch --outputs warped,itk`", "warped,itk")):
+        folder = work / ("batch_all" if outputs is None else "batch_warped_itk")
+        args = ["batch", "--bundle", name, "--datalist", str(listing), "--out", str(folder), "--overwrite", "True",
+                "--device", device] + (["--outputs", outputs] if outputs else [])  # fmt: skip
+        code, wall, peak, err = _spawn(args, 3600, module="common")
+        if code != 0:
+            raise SystemExit(f"profile: {name} batch failed: {error_line(err)}")
+        per = [json.loads((folder / str(p["id"]) / "metrics.json").read_text())["timings"] for p in test_pairs[1:]]
+        mean = {k: float(np.mean([p[k] for p in per])) for k in ("read", "network", "map_to_fixed", "outputs", "total")}
+        writers = {w: float(np.mean([p["writers"][w] for p in per])) for w in per[0]["writers"]}
+        rows.append({"bundle": name, "run": f"{label}, mean of {len(per)} pairs after the first", **mean,
+                     "writers": writers, "startup": None, "peak_rss_gib": peak})  # fmt: skip
+    return rows
 
 
 def train_step(bundle: str, iterations: int, out: str, device: str = "cpu") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from common.engines.inference import (
     LoadRegistrationPaird,
+    NetworkInferer,
     RegistrationSummaryHandler,
     SaveRegistrationOutputsd,
     normalise_intensity,
@@ -24,6 +25,7 @@ __all__ = [
     "BSplineToDDF",
     "IdentityToDDF",
     "LoadRegistrationPaird",
+    "NetworkInferer",
     "PairPrepareBatch",
     "PredToDDF",
     "RegistrationEvalPostprocess",

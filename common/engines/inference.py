@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import SimpleInferer
 from monai.transforms import MapTransform, Transform
 
 from common.engines.geometry import (
@@ -50,6 +51,7 @@ __all__ = [
     "pair_datalist",
     "refine_on_fixed_grid",
     "LoadRegistrationPaird",
+    "NetworkInferer",
     "SaveRegistrationOutputsd",
     "RegistrationSummaryHandler",
     "bundle_provenance",
@@ -334,6 +336,27 @@ def refine_on_fixed_grid(
     with torch.enable_grad():
         refined = optimiser(mov_on_fixed, t_fix, init=ddf)
     return refined.to(ddf.dtype)
+
+
+class NetworkInferer(SimpleInferer):
+    """MONAI's ``SimpleInferer`` run under ``torch.inference_mode`` (about 10 % faster than the evaluator's
+    ``no_grad`` on CPU, same values) and, with ``bf16``, under CPU/GPU bfloat16 autocast. MONAI's evaluator only
+    autocasts on CUDA (``amp``); bfloat16 halves the lumir_cascade network time on this CPU but moves the field by up
+    to ~0.02 voxels, so it is off by default (``network_bf16`` in ``inference.json``). The prediction is returned
+    as an ordinary float32 tensor (later steps, e.g. instance optimisation, may differentiate through its
+    descendants)."""
+
+    def __init__(self, bf16: bool = False) -> None:
+        super().__init__()
+        self.bf16 = bool(bf16)
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        device = inputs.device.type if isinstance(inputs, torch.Tensor) else "cpu"
+        with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16):
+            out = super().__call__(inputs, network, *args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out.float().clone()
+        return out
 
 
 class SaveRegistrationOutputsd(Transform):

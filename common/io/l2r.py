@@ -127,7 +127,8 @@ def write_l2r_displacement(
         raise ValueError(
             f"{caller}: `ddf` must hold one pair (batch 1), got shape {tuple(t.shape)}; one file per pair."
         )
-    t = t.detach().to("cpu", torch.float64)
+    # float64 only for the half-resolution interpolation (float32 -> float64 -> float32 is exact: skipped otherwise)
+    t = t.detach().to("cpu", torch.float64 if half_resolution or t.dtype == torch.float64 else torch.float32)
     aff = np.eye(4) if affine is None else as_affine(affine, 3, "affine", caller)  # NIfTI affines are 4x4
     shape = tuple(int(s) for s in t.shape[2:])
     if half_resolution:

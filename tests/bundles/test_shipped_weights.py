@@ -1,11 +1,18 @@
 """Regression tests of shipped weights (not of training): every bundle that says its weights are trained must
-ship them loadable with weights_only=True and must improve the real demo pair over zero displacement."""
+ship them loadable with weights_only=True, must improve the real demo pair over zero displacement, and must give the
+same field as recorded in ``tests/bundles/golden/<bundle>.npz`` (refactors and speed work keep behaviour).
+
+The golden fingerprints are rewritten only on purpose, when a bundle ships new weights:
+``UPDATE_GOLDEN=1 python -m pytest tests/bundles/test_shipped_weights.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -60,10 +67,38 @@ def test_shipped_weights_load_safely_match_hash_and_improve_the_demo_pair(bundle
     wf.initialize()
     wf.run()
     metrics = json.loads(next(out.glob("*/metrics.json")).read_text())["metrics"]
+    _check_golden(bundle, next(out.glob("*/disp.nii.gz")), recorded.split()[0])
     assert metrics["ncc_after"] > metrics["ncc_before"] + 0.01
     assert metrics["percent_folding"] < 1.0
     if "dice_before" in metrics:
         assert metrics["dice_after"] > metrics["dice_before"] + 0.1
+
+
+def fingerprint(disp: np.ndarray) -> dict[str, np.ndarray]:
+    """A field's fingerprint: every 16th voxel of each component, and each component's mean, mean |u| and std over
+    the whole grid (float64)."""
+    comps = np.moveaxis(np.asarray(disp, dtype=np.float64), -1, 0)
+    step = tuple(slice(None, None, 16) for _ in range(comps.ndim - 1))
+    stats = np.stack([[c.mean(), np.abs(c).mean(), c.std()] for c in comps])
+    return {"sample": comps[(slice(None), *step)].astype(np.float32), "stats": stats}
+
+
+def _check_golden(bundle: Path, disp_path: Path, weights_sha: str) -> None:
+    import nibabel as nib
+
+    golden = ROOT / "tests" / "bundles" / "golden" / f"{bundle.name}.npz"
+    got = fingerprint(np.asarray(nib.load(str(disp_path)).dataobj))
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(golden, weights_sha256=np.array(weights_sha), **got)
+        return
+    ref = np.load(golden)
+    assert str(ref["weights_sha256"]) == weights_sha, (
+        f"{bundle.name}: new weights; record their field on purpose with UPDATE_GOLDEN=1 (see the module docstring)"
+    )
+    # bit-identical on one machine; 1e-4 voxels leaves room for another CPU's float rounding, not for a change
+    np.testing.assert_allclose(got["sample"], ref["sample"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got["stats"], ref["stats"], rtol=0, atol=1e-5)
 
 
 def _phantom_pair(tmp_path):
