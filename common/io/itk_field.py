@@ -146,12 +146,15 @@ def ddf_to_itk_field(
         m = lps_flip(dims) @ f[:dims, :dims]
         u = t[0].numpy()
         arr = np.empty((*u.shape[1:][::-1], dims), dtype=np.float32)  # (*S reversed, D): ITK's array order
-        for c in range(dims):
-            comp = np.zeros(u.shape[1:], dtype=np.float64)
-            for k in range(dims):
-                if m[c, k] != 0.0:
-                    comp += u[k].astype(np.float64) * m[c, k]
-            arr[..., c] = comp.astype(np.float32).T
+        slab = 32  # planes of axis 0 at a time: small float64 temporaries
+        for a in range(0, u.shape[1], slab):
+            part = u[:, a : a + slab]
+            for c in range(dims):
+                comp = np.zeros(part.shape[1:], dtype=np.float64)
+                for k in range(dims):
+                    if m[c, k] != 0.0:
+                        comp += part[k].astype(np.float64) * m[c, k]
+                arr[(*([slice(None)] * (dims - 1)), slice(a, a + part.shape[1]), c)] = comp.astype(np.float32).T
     else:
         t, dims = _as_ddf(ddf, caller)
         disp = voxel_to_physical(t, fixed_affine, moving_affine, lps=True)[0].numpy()  # (D, *S), LPS mm
