@@ -279,8 +279,11 @@ def inverse_outputs(ctx: PairContext) -> Result:
     metrics: dict[str, Any] = {}
     if "metrics" in ctx.selected:
         metrics["ncc_inverse_after"] = global_ncc(warped_fixed, ctx.moving)
-        metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy()))
-        metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy()))
+        from common.metrics.jacobian import jacobian_determinant
+
+        det = jacobian_determinant(inv[0].numpy())  # once for both metrics
+        metrics["sdlogj_inverse"] = float(sdlogj(inv[0].numpy(), det=det))
+        metrics["percent_folding_inverse"] = float(percent_folding(inv[0].numpy(), det=det))
     if ctx.paths.get("moving_label") and ctx.paths.get("fixed_label"):
         labels = warp_labels_to_fixed(ctx.fixed_labels(), geo["fixed_affine"], inv, geo["moving_affine"])
         labels = labels.astype(np.int32)
