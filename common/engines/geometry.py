@@ -276,26 +276,43 @@ def ddf_to_fixed_grid(
 def warp_to_fixed(
     moving: torch.Tensor,
     moving_affine: np.ndarray,
-    ddf_fixed: torch.Tensor,
+    ddf_fixed: torch.Tensor | None,
     fixed_affine: np.ndarray,
     mode: str = "bilinear",
     padding_mode: str = "zeros",
     slab: int = 32,
+    fixed_shape: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Warp the moving image (its own grid) into the fixed geometry: ``out(x) = moving(A_m^-1 (A_f (x + u(x))))``.
 
     The fixed grid goes ``slab`` planes (along axis 0) at a time, so the float64 sampling coordinates of a 1 mm
     brain never exist all at once (33 MB per slab instead of 0.33 GB); every voxel's value is the same.
+    ``ddf_fixed=None`` means no displacement (then ``fixed_shape`` is required); an image already on the fixed grid
+    is then returned as it is (float32), without resampling.
     """
-    mapping = np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ np.asarray(fixed_affine, dtype=np.float64)
-    shape = tuple(ddf_fixed.shape[2:])
+    if ddf_fixed is None:
+        if fixed_shape is None:
+            raise ValueError("warp_to_fixed: give `fixed_shape` when `ddf_fixed` is None.")
+        if same_grid(moving_affine, moving.shape[2:], fixed_affine, fixed_shape):
+            return moving.to(torch.float32).clone()
+    shape = tuple(int(n) for n in (fixed_shape if ddf_fixed is None else ddf_fixed.shape[2:]))
+    batch = moving.shape[0] if ddf_fixed is None else ddf_fixed.shape[0]
     mov = moving.to(torch.float64)
-    out = torch.empty((ddf_fixed.shape[0], moving.shape[1], *shape), dtype=torch.float32, device=ddf_fixed.device)
-    for a in range(0, shape[0], max(1, int(slab))):
-        b = min(a + int(slab), shape[0])
-        coords = _affine_coords(mapping, (b - a, *shape[1:]), ddf_fixed[:, :, a:b], first=a)
+    out = torch.empty((batch, moving.shape[1], *shape), dtype=torch.float32, device=moving.device)
+    for a, b, coords in _slab_coords(moving_affine, fixed_affine, shape, ddf_fixed, slab):
         out[:, :, a:b] = sample_at(mov, coords, mode=mode, padding_mode=padding_mode).to(torch.float32)
     return out
+
+
+def _slab_coords(moving_affine, fixed_affine, shape, ddf_fixed, slab):
+    """``(a, b, coords)`` for slabs ``a:b`` of the fixed grid along axis 0: moving-grid voxel coordinates (float64)
+    of ``x + u(x)`` (of ``x`` when ``ddf_fixed`` is None), the same values as for the whole grid at once."""
+    mapping = np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ np.asarray(fixed_affine, dtype=np.float64)
+    slab = max(1, int(slab))
+    for a in range(0, shape[0], slab):
+        b = min(a + slab, shape[0])
+        part = None if ddf_fixed is None else ddf_fixed[:, :, a:b]
+        yield a, b, _affine_coords(mapping, (b - a, *shape[1:]), part, first=a)
 
 
 def warp_labels_to_fixed(
@@ -322,14 +339,10 @@ def warp_labels_to_fixed(
             return labels.copy()
     codes = np.unique(labels)
     idx = torch.as_tensor(np.searchsorted(codes, labels))[None, None]
-    mapping = np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ np.asarray(fixed_affine, dtype=np.float64)
     shape = tuple(int(n) for n in (fixed_shape if ddf_fixed is None else ddf_fixed.shape[2:]))
     out = np.empty(shape, dtype=codes.dtype)
     slab = max(1, block // max(1, int(np.prod(shape[1:]))))  # coordinates of about `block` voxels at a time
-    for a in range(0, shape[0], slab):
-        b = min(a + slab, shape[0])
-        part = None if ddf_fixed is None else ddf_fixed[:, :, a:b]
-        coords = _affine_coords(mapping, (b - a, *shape[1:]), part, first=a)
+    for a, b, coords in _slab_coords(moving_affine, fixed_affine, shape, ddf_fixed, slab):
         out[a:b] = codes[sample_labels_at(idx, coords, num_classes=len(codes), block=block)[0, 0].cpu().numpy()]
     return out
 
@@ -345,9 +358,3 @@ def same_grid(
         and a.shape == b.shape
         and bool(np.allclose(a, b, rtol=0.0, atol=atol))
     )
-
-
-def _moving_coords(moving_affine: np.ndarray, ddf_fixed: torch.Tensor, fixed_affine: np.ndarray) -> torch.Tensor:
-    """Moving-grid voxel coordinates ``(B, D, *S_fixed)`` of ``x + u(x)`` for every fixed voxel ``x`` (float64)."""
-    mapping = np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ np.asarray(fixed_affine, dtype=np.float64)
-    return _affine_coords(mapping, tuple(ddf_fixed.shape[2:]), ddf_fixed)

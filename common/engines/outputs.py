@@ -31,7 +31,6 @@ import torch
 from common.engines.geometry import (
     ddf_to_fixed_grid,
     resample_to_grid,
-    same_grid,
     warp_labels_to_fixed,
     warp_to_fixed,
 )
@@ -126,9 +125,10 @@ class PairContext:
         """The moving image resampled into the fixed geometry without displacement (itself on a shared grid)."""
 
         def make() -> np.ndarray:
-            if same_grid(self.geo["moving_affine"], self.moving.shape, self.geo["fixed_affine"], self.fixed.shape):
-                return np.asarray(self.moving, dtype=np.float32)
-            return _warp(self.moving, self.geo["moving_affine"], torch.zeros_like(self.ddf), self.geo)
+            t = torch.as_tensor(self.moving)[None, None]
+            return warp_to_fixed(
+                t, self.geo["moving_affine"], None, self.geo["fixed_affine"], fixed_shape=self.fixed.shape
+            )[0, 0].numpy()
 
         return self.once("unwarped", make)
 
@@ -186,10 +186,12 @@ def _as4(aff: np.ndarray) -> np.ndarray:
     return full
 
 
-def _mean_dice(result: Any) -> float | None:
-    per = result.get("per_label", result) if isinstance(result, dict) else result
-    values = [float(v) for v in per.values() if v is not None and np.isfinite(v)]
-    return float(np.mean(values)) if values else None
+def _mean_dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
+    """:func:`common.metrics.mean_dice`, None (JSON null) when no label could be scored."""
+    from common.metrics import mean_dice
+
+    value = mean_dice(pred, ref)
+    return None if np.isnan(value) else value
 
 
 def write_warped(ctx: PairContext) -> Result:
@@ -214,7 +216,6 @@ def image_metrics(ctx: PairContext) -> Result:
 
 def label_outputs(ctx: PairContext) -> Result:
     """The warped moving labels (file, with ``labels``) and Dice before/after (with ``metrics`` and both maps)."""
-    from common.metrics import dice_per_label
 
     files: dict[str, str] = {}
     metrics: dict[str, Any] = {}
@@ -227,8 +228,8 @@ def label_outputs(ctx: PairContext) -> Result:
         before = warp_labels_to_fixed(
             ctx.moving_labels(), ctx.geo["moving_affine"], None, ctx.geo["fixed_affine"], fixed_shape=fixed_labels.shape
         )
-        metrics["dice_before"] = _mean_dice(dice_per_label(before, fixed_labels))
-        metrics["dice_after"] = _mean_dice(dice_per_label(warped, fixed_labels))
+        metrics["dice_before"] = _mean_dice(before, fixed_labels)
+        metrics["dice_after"] = _mean_dice(warped, fixed_labels)
     return files, metrics
 
 
@@ -255,7 +256,7 @@ def inverse_outputs(ctx: PairContext) -> Result:
     """The inverse transform's outputs, on the MOVING image's grid (see ``inverse_to_ddf`` of
     :class:`~common.engines.SaveRegistrationOutputsd`)."""
     from common.io.itk_field import write_itk_displacement
-    from common.metrics import dice_per_label, percent_folding, sdlogj
+    from common.metrics import percent_folding, sdlogj
 
     geo, item = ctx.geo, ctx.item
     pred = item["pred"]
@@ -291,7 +292,7 @@ def inverse_outputs(ctx: PairContext) -> Result:
             write_nifti(labels, moving_aff, ctx.out / "warped_fixed_label.nii.gz", compresslevel=ctx.level("image"))
         )
         if "metrics" in ctx.selected:
-            metrics["dice_inverse_after"] = _mean_dice(dice_per_label(labels, ctx.moving_labels()))
+            metrics["dice_inverse_after"] = _mean_dice(labels, ctx.moving_labels())
     return files, metrics
 
 

@@ -167,10 +167,7 @@ def save_image(img: nib.Nifti1Image, path: str | os.PathLike, compresslevel: int
         else:
             from nibabel.fileholders import FileHolder
 
-            with (
-                open(tmp, "wb") as raw,
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=int(compresslevel), mtime=0) as gz,
-            ):
+            with open(tmp, "wb") as raw, _gzip_writer(raw, compresslevel) as gz:
                 img.to_file_map({"image": FileHolder(fileobj=gz)})
     return final
 
@@ -179,7 +176,16 @@ def gzip_file(src: str | os.PathLike, dst: str | os.PathLike, compresslevel: int
     """Compress the file ``src`` into ``dst`` (gzip, ``compresslevel`` 0-9), atomically; ``src`` is kept."""
     import shutil
 
-    with atomic_path(dst) as tmp, open(src, "rb") as fin, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=int(compresslevel), mtime=0) as gz:
-            shutil.copyfileobj(fin, gz, 8 << 20)
+    with (
+        atomic_path(dst) as tmp,
+        open(src, "rb") as fin,
+        open(tmp, "wb") as raw,
+        _gzip_writer(raw, compresslevel) as gz,
+    ):
+        shutil.copyfileobj(fin, gz, 8 << 20)
     return Path(dst)
+
+
+def _gzip_writer(raw, compresslevel: int) -> gzip.GzipFile:
+    """A gzip stream into the open binary file ``raw``: no name and a zero time in the header (reproducible)."""
+    return gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=int(compresslevel), mtime=0)

@@ -290,3 +290,18 @@ def test_load_pair_gives_a_1mm_image_the_2mm_network_input_of_its_2mm_version(tm
     c = plain({"moving_image": paths["one"], "fixed_image": paths["one"]})
     same = c["fixed_image"].shape == b["fixed_image"].shape and torch.allclose(c["fixed_image"], b["fixed_image"])
     assert not same  # resampling alone is not what training saw
+
+
+def test_warp_to_fixed_without_a_field_equals_a_zero_field_and_is_the_image_on_a_shared_grid():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand((1, 1, 12, 10, 9), generator=gen)
+    aff = lia_affine()
+    other = np.diag([1.3, 1.3, 1.3, 1.0])
+    other[:3, 3] = (-7.0, -6.0, -5.0)
+    for target, shape in ((aff, (12, 10, 9)), (other, (8, 9, 7))):
+        zero = warp_to_fixed(img, aff, torch.zeros((1, 3, *shape), dtype=torch.float64), target)
+        none = warp_to_fixed(img, aff, None, target, fixed_shape=shape)
+        assert torch.equal(none, zero)
+    assert torch.equal(warp_to_fixed(img, aff, None, aff, fixed_shape=(12, 10, 9)), img)
+    with pytest.raises(ValueError, match="fixed_shape"):
+        warp_to_fixed(img, aff, None, aff)
