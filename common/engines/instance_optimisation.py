@@ -54,6 +54,7 @@ from common.blocks import (
     warp,
 )
 from common.losses import BendingEnergyRegulariser, GradientRegulariser, LocalNCCLoss, SSDLoss
+from common.losses.fixed_lncc import FixedImageLNCC
 from common.losses.image import valid_lncc_map
 from common.losses.mind import box_mean, mind_ssc
 from common.losses.probabilistic import GaussianSmoothing
@@ -313,6 +314,8 @@ class InstanceOptimiser:
                 and min(shape) >= self.patch_size
             )  # fmt: skip
             foreground = _foreground(feat_m, feat_f) if cubes else None
+            if kind == "lncc" and not cubes:  # same value as LocalNCCLoss; fixed statistics once, analytic gradient
+                similarity = FixedImageLNCC(feat_f, self.ncc_kernel)
             for _ in range(iterations):
                 optimiser.zero_grad(set_to_none=True)
                 if cubes:
@@ -344,6 +347,8 @@ class InstanceOptimiser:
 
     def _dense_similarity(self, params, shape, init_l, feat_m, feat_f, kind, similarity) -> torch.Tensor:
         warped = warp(feat_m, self.field(params, shape, init_l))
+        if isinstance(similarity, FixedImageLNCC):
+            return similarity(warped)
         return F.mse_loss(warped, feat_f) if kind == "mind" else similarity(warped, feat_f)
 
     def _displacement_at(self, params, shape, init_l, x: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,24 @@ def test_zero_iterations_returns_init_on_the_input_grid():
     assert torch.equal(out, init)
 
 
+def test_lncc_by_name_uses_fixed_statistics_and_matches_the_lncc_module():
+    """``image_loss="lncc"`` runs FixedImageLNCC (fixed statistics once, analytic gradient); the field equals the
+    one optimised with the LocalNCCLoss module itself (float64: Adam's normalised steps would amplify float32
+    rounding in the flat background)."""
+    from common.losses import LocalNCCLoss
+
+    fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0)).double()
+    moving = _blob3d((24, 24, 24), (13.0, 11.0, 12.5)).double()
+    settings = {"iterations": [15, 10], "levels": [2, 1], "lr": 0.2, "ncc_kernel": 5, "progress": False}
+    by_name = InstanceOptimiser("lncc", **settings)
+    by_module = InstanceOptimiser(LocalNCCLoss(kernel_size=5), **settings)
+    a, b = by_name(moving, fixed), by_module(moving, fixed)
+    assert float(a.abs().max()) > 0.3  # it moved
+    assert float((a - b).abs().max()) < 1e-6
+    assert by_name.history[-1] < by_name.history[0]
+    assert abs(by_name.history[-1] - by_module.history[-1]) < 1e-9
+
+
 def test_deterministic_with_a_seed():
     fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0))
     moving = _blob3d((24, 24, 24), (13.0, 11.0, 12.5))
