@@ -164,7 +164,7 @@ def _register(
         if path is not None and not Path(path).is_file():
             raise CLIError(f"{path}: --{name} file not found.")
     o = _check_output(out, overwrite)
-    from common.engines.inference import _pair_name
+    from common.io.files import pair_output_name
     from common.io.nifti import read_label_map, read_nifti
 
     for path in (moving, fixed):
@@ -172,7 +172,7 @@ def _register(
     for path in (moving_label, fixed_label):
         if path is not None:
             read_label_map(path)  # non-integer labels are refused, not rounded
-    pair_dir = o / _pair_name({"moving_image": str(moving), "fixed_image": str(fixed)})
+    pair_dir = o / pair_output_name({"moving_image": str(moving), "fixed_image": str(fixed)})
     if pair_dir.exists() and any(pair_dir.iterdir()) and not overwrite:
         raise CLIError(f"{pair_dir}: outputs exist; pass --overwrite to replace them.")
     _run(b, {
@@ -239,11 +239,12 @@ def _batch(
     weights = _check_weights(b, ckpt)
     extra = {**_instance_overrides(b, instance_iterations), **_output_overrides(outputs, compression)}
     _check_device(device)
-    from common.engines.inference import _pair_name, merge_summary, pair_datalist
+    from common.engines.inference import merge_summary, pair_datalist
+    from common.io.files import pair_output_name
 
     pairs = pair_datalist(datalist=datalist, section=section)
     o = _check_output(out, overwrite)
-    names = [_pair_name(p, p.get("id")) for p in pairs]
+    names = [pair_output_name(p, p.get("id")) for p in pairs]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise CLIError(f"{datalist}: two pairs map to the output folder {o / dup} (same file names in different "

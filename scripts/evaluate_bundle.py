@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 from common.data.datalist import load_datalist  # noqa: E402
 from common.engines.baselines import ants_affine, classic_bspline, itk_affine  # noqa: E402
+from common.io.files import image_stem  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
 from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
 from common.metrics import dice_per_label, evaluate_registration  # noqa: E402
@@ -40,19 +41,12 @@ SUMMARY_KEYS = ("dice_mean", "hd95_mean", "sdlogj", "ndv_percent", "folding_perc
 EXTRA_KEYS = ("folding_voxels", "dice_inverse")  # bundle rows only, where the method has them
 
 
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
 
 def _pair_dir(out: Path, pair: dict[str, str]) -> Path:
     """The folder the bundle's writer uses for this entry (its ``id``, else ``<moving>_to_<fixed>``)."""
-    from common.engines.inference import _pair_name
+    from common.io.files import pair_output_name
 
-    return out / _pair_name(pair, pair.get("id"))
+    return out / pair_output_name(pair, pair.get("id"))
 
 
 def run_bundle(
@@ -220,7 +214,7 @@ def main(
     for pair in tqdm(pairs, desc="metrics", unit="pair"):
         res = evaluate_pair(pair, None if skip_bundle else out_dir / "outputs", affine, classic, ants_affine)
         for method, m in res.items():
-            rows.append({"pair": pair.get("id", _stem(pair["moving_image"])), "method": method,
+            rows.append({"pair": pair.get("id", image_stem(pair["moving_image"])), "method": method,
                          **{k: m.get(k) for k in SUMMARY_KEYS},
                          **{k: m.get(k) for k in EXTRA_KEYS},
                          "dice_per_label": json.dumps({str(k): round(float(v), 4) for k, v in m["dice_per_label"].items()})})  # fmt: skip

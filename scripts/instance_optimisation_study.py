@@ -32,8 +32,9 @@ if str(ROOT) not in sys.path:
 from common.data.datalist import load_datalist  # noqa: E402
 from common.engines.bundle import run_bundle  # noqa: E402
 from common.engines.geometry import warp_labels_to_fixed  # noqa: E402
-from common.engines.inference import _pair_name, refine_on_fixed_grid  # noqa: E402
+from common.engines.inference import refine_on_fixed_grid  # noqa: E402
 from common.engines.instance_optimisation import InstanceOptimiser  # noqa: E402
+from common.io.files import pair_output_name  # noqa: E402
 from common.io.l2r import read_l2r_displacement  # noqa: E402
 from common.io.nifti import atomic_path, read_nifti  # noqa: E402
 from common.io.report import markdown_table  # noqa: E402
@@ -83,7 +84,7 @@ def main(
     pairs = load_datalist(datalist, section)[: limit or None]
     out_dir = Path(out)
     net_dir = out_dir / "network"
-    todo = [p for p in pairs if not (net_dir / _pair_name(p, p.get("id")) / "disp.nii.gz").is_file()]
+    todo = [p for p in pairs if not (net_dir / pair_output_name(p, p.get("id")) / "disp.nii.gz").is_file()]
     if todo:
         listing = out_dir / "pairs.json"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def main(
     results_path = out_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for pair in pairs:
-        name = _pair_name(pair, pair.get("id"))
+        name = pair_output_name(pair, pair.get("id"))
         moving, m_aff = read_nifti(pair["moving_image"])
         fixed, f_aff = read_nifti(pair["fixed_image"])
         init = read_l2r_displacement(net_dir / name / "disp.nii.gz")

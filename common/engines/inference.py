@@ -44,6 +44,7 @@ from common.engines.geometry import (
 )
 from common.engines.outputs import PairContext, parse_outputs, write_pair_outputs
 from common.engines.registration import PredToDDF
+from common.io.files import pair_output_name
 from common.io.nifti import ImageReadError, atomic_path, read_label_map, read_nifti
 
 __all__ = [
@@ -226,21 +227,6 @@ class LoadRegistrationPaird(MapTransform):
             d.pop(key, None)  # read on the original grids at output time
         d["seconds_read"] = time.perf_counter() - t_start
         return d
-
-
-def _pair_name(paths: dict[str, str], pair_id: str | None = None) -> str:
-    """Output folder name of a pair: the datalist entry's ``id`` when given, else ``<moving>_to_<fixed>``."""
-    if pair_id:
-        return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(pair_id))
-
-    def stem(p: str) -> str:
-        name = Path(p).name
-        for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-            if name.endswith(suffix):
-                return name[: -len(suffix)]
-        return name
-
-    return f"{stem(paths['moving_image'])}_to_{stem(paths['fixed_image'])}"
 
 
 def bundle_provenance(bundle_root: str | os.PathLike | None, ckpt_path: str | os.PathLike | None) -> dict[str, Any]:
@@ -427,7 +413,7 @@ class SaveRegistrationOutputsd(Transform):
         start = time.perf_counter()
         geo = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in item["geometry"].items()}
         paths = item["paths"]
-        name = _pair_name(paths, item.get("pair_id") or None)
+        name = pair_output_name(paths, item.get("pair_id") or None)
         if name in self._written:
             raise ValueError(
                 f"SaveRegistrationOutputsd: two pairs of this run map to the output folder {self.output_dir / name} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["sha256sum", "IMAGE_SUFFIXES", "image_stem"]
+__all__ = ["sha256sum", "IMAGE_SUFFIXES", "image_stem", "pair_output_name"]
 
 
 def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -27,3 +27,11 @@ def image_stem(path: str | os.PathLike) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def pair_output_name(paths: dict[str, str], pair_id: str | None = None) -> str:
+    """Output folder name of a registration pair: the datalist entry's ``id`` when given (characters other than
+    letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``), else ``<moving stem>_to_<fixed stem>``."""
+    if pair_id:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(pair_id))
+    return f"{image_stem(paths['moving_image'])}_to_{image_stem(paths['fixed_image'])}"
