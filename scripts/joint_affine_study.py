@@ -24,22 +24,15 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import fire
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from evaluate_bundle import method_rows, summary_cell  # noqa: E402
-
-from common.engines.baselines import peer_available  # noqa: E402
-from common.io.report import markdown_table, write_report  # noqa: E402
+from common.engines.baselines import peer_available
+from common.evaluation import method_rows, summary_cell
+from common.io.report import markdown_table, write_report
 
 BUNDLE = "brain_mri_joint_affine"
 KEYS = ["dice_mean", "hd95_mean", "sdlogj", "folding_percent", "seconds"]
@@ -98,7 +91,7 @@ def main(
     refined for each pair (the bundle's ``affine_iterations`` / ``affine_lr``; named ``instance_*`` before 0.3.0).
     """
     network_overrides = dict(network_overrides or {})
-    import evaluate_bundle
+    from common.evaluation import evaluate_bundle
 
     out_dir = Path(out).resolve()
     names = [v for v in (variants.split(",") if isinstance(variants, str) else variants) if v]
@@ -109,12 +102,12 @@ def main(
     for name in names:
         ckpt = checkpoint_path(Path(runs) / (full_run if name == "full" else name), checkpoint)
         overrides = {**network_overrides, **({"network_def#use_affine": False} if name == "noaffine" else {})}
-        summaries[name] = Path(evaluate_bundle.main(
+        summaries[name] = Path(evaluate_bundle(
             bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name), ckpt=str(ckpt),
             device=device, affine=name == "full", ants_affine=name == "full" and peer_available("ants"),
             overrides=overrides))  # fmt: skip
         res[name] = method_rows(summaries[name], "bundle")
-    part = evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / "full_affine_part"),
+    part = evaluate_bundle(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / "full_affine_part"),
                                 ckpt=str(checkpoint_path(Path(runs) / full_run, checkpoint)), device=device,
                                 affine=False, overrides={**network_overrides, "component": "affine"})  # fmt: skip
     base = {m: method_rows(summaries["full"], m) for m in ("zero", "affine", "ants_affine")}
@@ -126,7 +119,7 @@ def main(
     if instance_iterations:
         refine = {"affine_iterations": int(instance_iterations), "affine_lr": float(instance_lr)}
         for component, label in (("affine", "affine part alone"), ("total", "full")):
-            path = evaluate_bundle.main(
+            path = evaluate_bundle(
                 bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / f"full_refined_{component}"),
                 ckpt=str(checkpoint_path(Path(runs) / full_run, checkpoint)), device=device, affine=False,
                 overrides={**network_overrides, **refine, "component": component})  # fmt: skip

@@ -15,20 +15,13 @@ Usage::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import fire
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from evaluate_bundle import method_rows, summary_cell  # noqa: E402
-
-from common.io.report import markdown_table, write_report  # noqa: E402
+from common.evaluation import method_rows, summary_cell
+from common.io.report import markdown_table, write_report
 
 BUNDLE = "brain_mri_lumir_cascade"
 KEYS = ["dice_mean", "hd95_mean", "ndv_percent", "sdlogj", "folding_percent", "seconds"]
@@ -66,7 +59,7 @@ def main(
     ``reuse``: keep a variant's existing evaluation (``<out>/<variant>/<bundle>/summary.md``, e.g. from an
     earlier call while later variants were still training) instead of running it again.
     """
-    import evaluate_bundle
+    from common.evaluation import evaluate_bundle
 
     out_dir = Path(out).resolve()
     names = [v for v in (variants.split(",") if isinstance(variants, str) else variants) if v]
@@ -77,7 +70,7 @@ def main(
             raise SystemExit(f"lumir_cascade_study: {ckpt}: no best checkpoint for variant '{name}'.")
         summary = out_dir / name / BUNDLE / "summary.md"
         if not (reuse and summary.is_file()):
-            summary = Path(evaluate_bundle.main(
+            summary = Path(evaluate_bundle(
                 bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / name), ckpt=str(ckpt),
                 device=device, affine=i == 0, overrides=variant_overrides(name)))  # fmt: skip
         if i == 0:

@@ -13,20 +13,13 @@ Usage::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import fire
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from evaluate_bundle import method_rows as _rows  # noqa: E402
-from evaluate_bundle import summary_cell as _cell  # noqa: E402
-
-from common.io.report import markdown_table, write_report  # noqa: E402
+from common.evaluation import method_rows as _rows
+from common.evaluation import summary_cell as _cell
+from common.io.report import markdown_table, write_report
 
 BUNDLE = "brain_mri_prob_diffeo"
 
@@ -46,7 +39,7 @@ def main(
     ``reuse``: keep an existing evaluation (``<out>/<variant>/<bundle>/summary.md``, e.g. from an earlier call
     while other variants were still training) instead of running it again.
     """
-    import evaluate_bundle
+    from common.evaluation import evaluate_bundle
 
     out_dir = Path(out).resolve()
 
@@ -54,7 +47,7 @@ def main(
         summary = out_dir / folder / BUNDLE / "summary.md"
         if reuse and summary.is_file():
             return summary
-        return evaluate_bundle.main(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / folder),
+        return evaluate_bundle(bundle=BUNDLE, datalist=datalist, section=section, out=str(out_dir / folder),
                                     device=device, **kwargs)  # fmt: skip
 
     names = [v for v in (variants.split(",") if isinstance(variants, str) else variants) if v]

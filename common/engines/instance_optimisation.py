@@ -121,6 +121,9 @@ class InstanceOptimiser:
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance in voxels.
         seed: seed of the voxel sampling.
         progress: show a tqdm progress bar.
+        regularise_total: dense, not diffeomorphic: regularise the total field ``init + residual`` (default) or,
+            when False, the residual only (the starting field is not pulled towards smoothness; ANTs' greedy SyN
+            likewise smooths only its updates). Diffeomorphic and B-spline runs always regularise the residual.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class InstanceOptimiser:
         mind_dilation: int = 2,
         seed: int = 0,
         progress: bool = True,
+        regularise_total: bool = True,
     ) -> None:
         name = "InstanceOptimiser"
         self.levels = _as_levels(levels)
@@ -197,6 +201,7 @@ class InstanceOptimiser:
         self.integrator = VelocityIntegrator() if diffeomorphic else None
         self.bspline = BSplineTransformer(bspline_stride) if bspline_stride else None
         self.bspline_stride = bspline_stride
+        self.regularise_total = bool(regularise_total)
         self.history: list[float] = []
         self.seconds = 0.0
 
@@ -304,7 +309,7 @@ class InstanceOptimiser:
             params = torch.zeros(1, dims, *self._param_shape(shape), dtype=moving.dtype, device=moving.device)
             params.requires_grad_(True)
             init_p = None
-            if init_l is not None and self.integrator is None and self.bspline is None:
+            if init_l is not None and self.integrator is None and self.bspline is None and self.regularise_total:
                 init_p = resize_flow(init_l, params.shape[2:])  # regularise the total field on the parameter grid
             optimiser = torch.optim.Adam([params], lr=self.lr)
             samples = self.samples[level]

@@ -111,6 +111,24 @@ def test_lncc_by_name_uses_fixed_statistics_and_matches_the_lncc_module():
     assert abs(by_name.history[-1] - by_module.history[-1]) < 1e-9
 
 
+def test_regularise_total_false_leaves_the_starting_field_unpenalised():
+    """With a similarity that is always 0 only the regulariser acts: on the total field it smooths a rough
+    starting field; on the residual alone (regularise_total=False) the residual stays zero and init comes back."""
+
+    class Nothing(torch.nn.Module):
+        def forward(self, pred, target):
+            return (pred * 0.0).sum()
+
+    image = torch.rand(1, 1, 16, 16, 16)
+    torch.manual_seed(0)
+    init = torch.randn(1, 3, 16, 16, 16)
+    kwargs = {"reg_weight": 1.0, "iterations": 20, "lr": 0.2, "progress": False}
+    total = InstanceOptimiser(Nothing(), **kwargs)(image, image, init=init)
+    residual = InstanceOptimiser(Nothing(), regularise_total=False, **kwargs)(image, image, init=init)
+    assert float((total - init).abs().mean()) > 0.05
+    assert torch.allclose(residual, init, atol=1e-6)
+
+
 def test_deterministic_with_a_seed():
     fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0))
     moving = _blob3d((24, 24, 24), (13.0, 11.0, 12.5))
