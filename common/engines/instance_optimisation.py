@@ -124,6 +124,8 @@ class InstanceOptimiser:
         regularise_total: dense, not diffeomorphic: regularise the total field ``init + residual`` (default) or,
             when False, the residual only (the starting field is not pulled towards smoothness; ANTs' greedy SyN
             likewise smooths only its updates). Diffeomorphic and B-spline runs always regularise the residual.
+        final_sigma: standard deviation (voxels of the input grid) of a Gaussian applied to the returned total
+            field (replicate padding); 0 = none. Evens out the Jacobian (lower SDlogJ) at little cost in Dice.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class InstanceOptimiser:
         seed: int = 0,
         progress: bool = True,
         regularise_total: bool = True,
+        final_sigma: float = 0.0,
     ) -> None:
         name = "InstanceOptimiser"
         self.levels = _as_levels(levels)
@@ -202,6 +205,9 @@ class InstanceOptimiser:
         self.bspline = BSplineTransformer(bspline_stride) if bspline_stride else None
         self.bspline_stride = bspline_stride
         self.regularise_total = bool(regularise_total)
+        if not final_sigma >= 0:
+            raise ValueError(f"{name}: final_sigma must be >= 0, got {final_sigma}.")
+        self.final_sigma = float(final_sigma)
         self.history: list[float] = []
         self.seconds = 0.0
 
@@ -347,8 +353,15 @@ class InstanceOptimiser:
             del feat_m, feat_f, params
         bar.close()
         out = torch.zeros(1, dims, *size, dtype=moving.dtype, device=moving.device) if total is None else total
+        out = resize_flow(out, size).detach()
+        if self.final_sigma > 0 and total is not None:
+            smooth = GaussianSmoothing(self.final_sigma, dims=dims).to(out.device)
+            r = smooth.radius
+            with torch.no_grad():
+                out = smooth(F.pad(out, [r] * (2 * dims), mode="replicate"))
+            out = out[(..., *[slice(r, r + s) for s in size])].contiguous()
         self.seconds = time.perf_counter() - start
-        return resize_flow(out, size).detach()
+        return out
 
     def _dense_similarity(self, params, shape, init_l, feat_m, feat_f, kind, similarity) -> torch.Tensor:
         warped = warp(feat_m, self.field(params, shape, init_l))

@@ -129,6 +129,28 @@ def test_regularise_total_false_leaves_the_starting_field_unpenalised():
     assert torch.allclose(residual, init, atol=1e-6)
 
 
+def test_final_sigma_smooths_the_returned_field_and_keeps_a_constant_one():
+    from common.metrics import sdlogj
+
+    class Nothing(torch.nn.Module):
+        def forward(self, pred, target):
+            return (pred * 0.0).sum()
+
+    image = torch.rand(1, 1, 20, 20, 20)
+    torch.manual_seed(0)
+    rough = 0.3 * torch.randn(1, 3, 20, 20, 20)
+    kwargs = {"reg_weight": 0.0, "iterations": 1, "lr": 1e-6, "progress": False}
+    plain = InstanceOptimiser(Nothing(), **kwargs)(image, image, init=rough)
+    smooth = InstanceOptimiser(Nothing(), final_sigma=1.0, **kwargs)(image, image, init=rough)
+    assert smooth.shape == plain.shape
+    assert sdlogj(smooth[0].numpy()) < 0.5 * sdlogj(plain[0].numpy())
+    shift = torch.ones(1, 3, 20, 20, 20) * torch.tensor([1.5, -2.0, 0.5]).view(1, 3, 1, 1, 1)
+    kept = InstanceOptimiser(Nothing(), final_sigma=1.5, **kwargs)(image, image, init=shift)
+    assert torch.allclose(kept, shift, atol=1e-5)  # replicate padding: a constant field is unchanged at the border
+    with pytest.raises(ValueError, match="final_sigma"):
+        InstanceOptimiser(final_sigma=-1)
+
+
 def test_deterministic_with_a_seed():
     fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0))
     moving = _blob3d((24, 24, 24), (13.0, 11.0, 12.5))

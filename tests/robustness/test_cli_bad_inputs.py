@@ -243,7 +243,7 @@ def test_instance_iterations_option(good, tmp_path, ckpt):
     import json
 
     metrics = json.loads((out / "moving_to_fixed" / "metrics.json").read_text())["metrics"]
-    assert metrics["instance_iterations"] == 9  # 8 x the bundle's instance_schedule [1, 0.125]: 8 + 1 steps
+    assert metrics["instance_iterations"] == 16  # 8 x the bundle's instance_schedule [0.75, 1, 0.25]: 6 + 8 + 2 steps
     assert metrics["seconds_instance_optimisation"] > 0
     for bad in ("-1", "many"):
         proc = _register(good["moving"], good["fixed"], tmp_path / "bad", ckpt, "--instance_iterations", bad)
