@@ -33,7 +33,15 @@ from common.io.nifti import atomic_path, read_nifti
 from common.io.report import markdown_table, mean_sd, write_report
 from common.metrics import dice_per_label, evaluate_registration
 
-__all__ = ["evaluate_bundle", "evaluate_pair", "method_rows", "run_bundle", "summary_cell", "BUNDLES_DIR"]
+__all__ = [
+    "evaluate_bundle",
+    "evaluate_pair",
+    "method_rows",
+    "run_bundle",
+    "score_field",
+    "summary_cell",
+    "BUNDLES_DIR",
+]
 
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 
@@ -235,3 +243,27 @@ def evaluate_bundle(
         lines += ["", f"Bundle run: {run_info['wall_s']:.1f} s wall for {len(pairs)} pairs (incl. start-up and "
                       f"writing all outputs), peak RSS {run_info['peak_rss_gib']:.2f} GiB."]  # fmt: skip
     return write_report(out_dir / "summary.md", lines)
+
+
+def score_field(
+    ddf: Any, pair: dict[str, str], moving_affine: np.ndarray, fixed_affine: np.ndarray
+) -> dict[str, float]:
+    """Dice (mean over the labels present in both maps), SDlogJ, % det J <= 0 and NDV of a displacement ``ddf``
+    ``(1, 3, *S_fixed)`` (fixed voxels, a torch tensor) for a labelled pair; the moving labels are warped the way the
+    bundles warp them (:func:`common.engines.geometry.warp_labels_to_fixed`). Used by the instance-optimisation
+    studies."""
+    from common.engines.geometry import warp_labels_to_fixed
+    from common.metrics import ndv, percent_folding, sdlogj
+
+    labels, _ = read_nifti(pair["moving_label"], dtype=None)
+    fixed_labels, _ = read_nifti(pair["fixed_label"], dtype=None)
+    warped = warp_labels_to_fixed(labels, moving_affine, ddf, fixed_affine)
+    per = dice_per_label(warped, np.rint(fixed_labels).astype(np.int64))
+    values = [v for v in per.values() if v is not None and np.isfinite(v)]
+    u = ddf[0].numpy()
+    return {
+        "dice": float(np.mean(values)),
+        "sdlogj": float(sdlogj(u)),
+        "folding_percent": float(percent_folding(u)),
+        "ndv_percent": float(ndv(u)),
+    }

@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,35 +24,17 @@ import fire
 import numpy as np
 import torch
 
+from common.data.datalist import load_datalist
+from common.engines.bundle import run_bundle
+from common.engines.inference import refine_on_fixed_grid
+from common.engines.instance_optimisation import InstanceOptimiser
+from common.evaluation import score_field
+from common.io.files import pair_output_name
+from common.io.l2r import read_l2r_displacement
+from common.io.nifti import atomic_path, read_nifti
+from common.io.report import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from common.data.datalist import load_datalist  # noqa: E402
-from common.engines.bundle import run_bundle  # noqa: E402
-from common.engines.geometry import warp_labels_to_fixed  # noqa: E402
-from common.engines.inference import refine_on_fixed_grid  # noqa: E402
-from common.engines.instance_optimisation import InstanceOptimiser  # noqa: E402
-from common.io.files import pair_output_name  # noqa: E402
-from common.io.l2r import read_l2r_displacement  # noqa: E402
-from common.io.nifti import atomic_path, read_nifti  # noqa: E402
-from common.io.report import markdown_table  # noqa: E402
-from common.metrics import dice_per_label, ndv, percent_folding, sdlogj  # noqa: E402
-
-
-def _score(ddf: torch.Tensor, pair: dict[str, str], m_aff, f_aff) -> dict[str, float]:
-    labels, _ = read_nifti(pair["moving_label"], dtype=None)
-    fixed_labels, _ = read_nifti(pair["fixed_label"], dtype=None)
-    warped = warp_labels_to_fixed(labels, m_aff, ddf, f_aff)
-    per = dice_per_label(warped, np.rint(fixed_labels).astype(np.int64))
-    values = [v for v in per.values() if v is not None and np.isfinite(v)]
-    u = ddf[0].numpy()
-    return {
-        "dice": float(np.mean(values)),
-        "sdlogj": float(sdlogj(u)),
-        "folding_percent": float(percent_folding(u)),
-        "ndv_percent": float(ndv(u)),
-    }
 
 
 def main(
@@ -109,7 +90,7 @@ def main(
             else:
                 ddf = init
             seconds = time.perf_counter() - start
-            row = {**_score(ddf, pair, m_aff, f_aff), "seconds": seconds}
+            row = {**score_field(ddf, pair, m_aff, f_aff), "seconds": seconds}
             results.setdefault(key, {})[name] = row
             print(f"{name} {key}: {row}", flush=True)
             with atomic_path(results_path) as tmp:

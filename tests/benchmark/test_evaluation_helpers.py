@@ -22,3 +22,24 @@ def test_method_rows_and_summary_cell(tmp_path):
 
 def test_bundles_dir_holds_the_shipped_bundles():
     assert (BUNDLES_DIR / "brain_mri_lumir_cascade" / "configs" / "inference.json").is_file()
+
+
+def test_score_field_zero_and_shifted(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from common.evaluation import score_field
+
+    labels = np.zeros((12, 12, 12), np.int16)
+    labels[3:9, 3:9, 3:9] = 1
+    labels[3:9, 3:9, 9:11] = 2
+    for name in ("moving", "fixed"):
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    pair = {"moving_label": str(tmp_path / "moving.nii.gz"), "fixed_label": str(tmp_path / "fixed.nii.gz")}
+    zero = score_field(torch.zeros(1, 3, 12, 12, 12), pair, np.eye(4), np.eye(4))
+    assert zero == {"dice": 1.0, "sdlogj": 0.0, "folding_percent": 0.0, "ndv_percent": 0.0}
+    shift = torch.zeros(1, 3, 12, 12, 12)
+    shift[:, 0] = 2.0  # two voxels along the first axis: overlap drops, still no folding
+    moved = score_field(shift, pair, np.eye(4), np.eye(4))
+    assert 0.3 < moved["dice"] < 0.8 and moved["folding_percent"] == 0.0
