@@ -50,12 +50,11 @@ from common.blocks import (
     compose_ddf,
     control_grid_shape,
     resize_flow,
-    sample_at,
     warp,
 )
+from common.engines.io_sampling import cube_lncc, foreground_indices, sampled_similarity
 from common.losses import BendingEnergyRegulariser, GradientRegulariser, LocalNCCLoss, SSDLoss
 from common.losses.fixed_lncc import FixedImageLNCC
-from common.losses.image import valid_lncc_map
 from common.losses.mind import box_mean, mind_ssc
 from common.losses.probabilistic import GaussianSmoothing
 
@@ -64,28 +63,6 @@ __all__ = ["InstanceOptimiser", "SIMILARITIES", "REGULARISERS"]
 SIMILARITIES = ("lncc", "mind", "ssd")
 REGULARISERS = ("diffusion", "bending")
 _POINTWISE = ("mind", "ssd")
-
-
-def _unravel(flat: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Flat (C-order) voxel indices ``(n,)`` -> coordinates ``(D, n)``."""
-    idx, rest = [], flat
-    for s in reversed(shape):
-        idx.append(rest % s)
-        rest = rest // s
-    return torch.stack(idx[::-1])
-
-
-def _foreground(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """Flat indices of the voxels where either image's first channel is above its minimum + 1 % of its range
-    (every voxel when there is none)."""
-
-    def above(t: torch.Tensor) -> torch.Tensor:
-        lo, hi = t.min(), t.max()
-        return t > lo + 0.01 * (hi - lo)
-
-    mask = (above(moving[0, 0]) | above(fixed[0, 0])).flatten()
-    idx = torch.nonzero(mask).flatten().cpu()
-    return idx if idx.numel() else torch.arange(mask.numel())
 
 
 def _as_levels(levels: Sequence[int] | int) -> tuple[int, ...]:
@@ -324,15 +301,15 @@ class InstanceOptimiser:
                 kind == "lncc" and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
                 and min(shape) >= self.patch_size
             )  # fmt: skip
-            foreground = _foreground(feat_m, feat_f) if cubes else None
+            foreground = foreground_indices(feat_m, feat_f) if cubes else None
             if kind == "lncc" and not cubes:  # same value as LocalNCCLoss; fixed statistics once, analytic gradient
                 similarity = FixedImageLNCC(feat_f, self.ncc_kernel)
             for _ in range(iterations):
                 optimiser.zero_grad(set_to_none=True)
                 if cubes:
-                    sim = self._cube_lncc(params, shape, init_l, feat_m, feat_f, foreground, generator, samples)
+                    sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples)
                 elif sampled:
-                    sim = self._sampled_similarity(params, shape, init_l, feat_m, feat_f, generator, samples)
+                    sim = sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, samples)
                 else:
                     sim = self._dense_similarity(params, shape, init_l, feat_m, feat_f, kind, similarity)
                 reg_field = self._residual(params)
@@ -368,57 +345,6 @@ class InstanceOptimiser:
         if isinstance(similarity, FixedImageLNCC):
             return similarity(warped)
         return F.mse_loss(warped, feat_f) if kind == "mind" else similarity(warped, feat_f)
-
-    def _displacement_at(self, params, shape, init_l, x: torch.Tensor) -> torch.Tensor:
-        """Total displacement at voxel coordinates ``x`` ``(1, D, *P)`` of the level grid (dense parameters)."""
-        dims = len(shape)
-        r = self._dense_residual(params)
-        # r lives on the parameter grid, in its voxels: read it at x scaled into that grid, rescale the vectors
-        scale = torch.tensor([(p - 1) / (s - 1) for p, s in zip(r.shape[2:], shape)], dtype=x.dtype, device=x.device)
-        scale = scale.view(1, dims, *([1] * dims))
-        u = sample_at(r, x * scale, padding_mode="border") / scale
-        if init_l is not None:  # total = init + r, or init o exp(v): r(x) + init(x + r(x))
-            at = x + u if self.integrator is not None else x
-            u = u + sample_at(init_l, at, padding_mode="border")
-        return u
-
-    def _sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, n: int) -> torch.Tensor:
-        """Pointwise similarity at ``samples`` random voxels; the field is interpolated only there (dense grid)."""
-        dims = len(shape)
-        # voxels drawn with replacement, visited in memory order (far fewer cache misses than a random order)
-        flat = torch.randint(0, int(torch.tensor(shape).prod()), (n,), generator=generator).sort().values
-        idx = _unravel(flat, shape).to(feat_f.device)  # (D, n)
-        flat = flat.to(feat_f.device)
-        x = idx.to(feat_f.dtype).view(1, dims, n, *([1] * (dims - 1)))  # the points as an (n, 1[, 1]) grid
-        u = self._displacement_at(params, shape, init_l, x)
-        target = feat_f.flatten(2)[:, :, flat]
-        moved = sample_at(feat_m, x + u, padding_mode="border").flatten(2)
-        return ((moved - target) ** 2).mean()
-
-    def _cube_lncc(self, params, shape, init_l, mov, fix, foreground, generator, samples: int) -> torch.Tensor:
-        """LNCC on random foreground cubes, times the foreground fraction (an estimate of the dense mean)."""
-        dims, side = len(shape), self.patch_size
-        cubes = max(1, samples // side**dims)
-        centres = foreground[torch.randint(0, foreground.numel(), (cubes,), generator=generator)].sort().values
-        size = torch.tensor(shape)
-        corner = torch.minimum((_unravel(centres, shape).T - side // 2).clamp(min=0), size - side)  # (K, D)
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(side)] * dims, indexing="ij"))  # (D, P, ..)
-        idx = corner.T.reshape(dims, cubes, *([1] * dims)) + offsets.unsqueeze(1)  # (D, K, P, ..)
-        idx = idx.reshape(dims, cubes * side, *([side] * (dims - 1))).to(fix.device)
-        flat = torch.zeros_like(idx[0])
-        for axis, s in enumerate(shape):
-            flat = flat * s + idx[axis]
-        x = idx.to(fix.dtype).unsqueeze(0)  # (1, D, K*P, P, ..)
-        u = self._displacement_at(params, shape, init_l, x)
-        channels = fix.shape[1]
-
-        def per_cube(t: torch.Tensor) -> torch.Tensor:  # (1, C, K*P, P, ..) -> (K, C, P, P, ..)
-            return t.reshape(channels, cubes, *([side] * dims)).transpose(0, 1)
-
-        moved = per_cube(sample_at(mov, x + u, padding_mode="border"))
-        target = per_cube(fix.flatten(2)[:, :, flat.flatten()])
-        fraction = foreground.numel() / float(fix[0, 0].numel())
-        return valid_lncc_map(moved, target, self.ncc_kernel).mean() * fraction
 
     # -- affine -------------------------------------------------------------------------------------------------
     @staticmethod

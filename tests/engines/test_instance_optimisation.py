@@ -173,15 +173,15 @@ def test_cube_lncc_is_seeded_and_its_gradient_follows_the_dense_one():
     runs = [InstanceOptimiser(seed=s, **kw)(moving, fixed) for s in (1, 1, 2)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
     opt, dense = InstanceOptimiser(**kw), InstanceOptimiser(**{**kw, "samples": 0})
-    from common.engines.instance_optimisation import _foreground
+    from common.engines.io_sampling import cube_lncc, foreground_indices
 
     grads = []
     for sampled in (True, False):
         params = torch.zeros(1, 3, 32, 32, 32, requires_grad=True)
         if sampled:
             gen = torch.Generator().manual_seed(0)
-            fg = _foreground(moving, fixed)
-            loss = sum(opt._cube_lncc(params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3) for _ in range(4))
+            fg = foreground_indices(moving, fixed)
+            loss = sum(cube_lncc(opt, params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3) for _ in range(4))
         else:
             loss = dense._dense_similarity(params, (32,) * 3, None, moving, fixed, "lncc", dense.similarities[0])
         loss.backward()
