@@ -274,12 +274,17 @@ class MultiLevelRegistrationLoss(RegistrationLoss):
             raise ValueError(f"MultiLevelRegistrationLoss: {len(self.level_weights)} level_weights for {n} levels.")
 
     def forward(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        levels = list(getattr(self._network[0], "last_levels", []) or [pred])
-        if len(levels) != len(self.level_to_ddf):
-            levels = [pred]
-            pairs = [(self.level_to_ddf[-1], 1.0)]
-        else:
-            pairs = list(zip(self.level_to_ddf, self.level_weights))
+        network = self._network[0]
+        while hasattr(network, "module") and isinstance(network.module, nn.Module):  # DDP / DataParallel wrappers
+            network = network.module
+        levels = list(getattr(network, "last_levels", []) or [pred])
+        if len(levels) != len(self.level_to_ddf) or tuple(levels[-1].shape) != tuple(pred.shape):
+            raise ValueError(
+                f"MultiLevelRegistrationLoss: the network ({type(network).__name__}) holds {len(levels)} level(s) "
+                f"(finest {tuple(levels[-1].shape)}) for {len(self.level_to_ddf)} level_to_ddf entries and a "
+                f"prediction {tuple(pred.shape)}; give the loss the network that ran this forward pass."
+            )
+        pairs = list(zip(self.level_to_ddf, self.level_weights))
         total = pred.new_zeros(())
         terms: dict[str, float] = {}
         for level_pred, (to_ddf, weight) in zip(levels, pairs):

@@ -55,3 +55,47 @@ def test_multilevel_loss_is_the_weighted_sum_of_single_level_losses():
     total.backward()
     assert all(p.grad is not None for p in net.heads.parameters())
     assert "network" not in dict(ml.named_modules())  # the network is not part of the loss's state
+
+
+def _multilevel_setup():
+    torch.manual_seed(0)
+    net = SharedStreamBSplineNet(image_size=(32, 32), strides=(8, 4), stream_channels=(4, 8), enc_channels=(8,))
+    for p in net.heads.parameters():
+        torch.nn.init.normal_(p, 0, 0.05)
+    x = torch.rand(2, 2, 32, 32)
+    targets = {"moving_image": x[:, :1], "fixed_image": x[:, 1:]}
+    terms = {"image_losses": [NGFLoss(0.1)], "regularisers": [CurvatureRegulariser()], "regulariser_weights": [10.0]}
+    return net, x, targets, terms
+
+
+def test_multilevel_loss_under_a_ddp_wrapper_uses_every_level(tmp_path):
+    """Given the DistributedDataParallel wrapper (one CPU process, gloo on a file store), the loss reads the levels
+    of the wrapped network: the same total as without the wrapper, not a silent single-level loss."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    net, x, targets, terms = _multilevel_setup()
+    plain = MultiLevelRegistrationLoss(net, [BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
+    expected = plain(net(x), targets)
+    finest_only = RegistrationLoss(pred_to_ddf=BSplineToDDF(4), **terms)(net.last_levels[-1], targets)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(net)
+        wrapped = MultiLevelRegistrationLoss(ddp, [BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
+        total = wrapped(ddp(x), targets)
+        total.backward()
+    finally:
+        dist.destroy_process_group()
+    assert torch.allclose(total, expected, atol=1e-6)
+    assert not torch.allclose(total, finest_only, atol=1e-4)
+
+
+def test_multilevel_loss_rejects_a_level_count_that_does_not_match():
+    net, x, targets, terms = _multilevel_setup()
+    three = MultiLevelRegistrationLoss(net, [BSplineToDDF(16), BSplineToDDF(8), BSplineToDDF(4)], **terms)
+    with pytest.raises(ValueError, match="holds 2 level\\(s\\).*3 level_to_ddf"):
+        three(net(x), targets)
+    other = SharedStreamBSplineNet(image_size=(32, 32), strides=(8, 4), stream_channels=(4, 8), enc_channels=(8,))
+    stale = MultiLevelRegistrationLoss(other, [BSplineToDDF(8), BSplineToDDF(4)], **terms)  # never ran forward
+    with pytest.raises(ValueError, match="give the loss the network that ran this forward pass"):
+        stale(net(x), targets)
