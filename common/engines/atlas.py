@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from common.io.convert import spacing_from_affine
 from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
 
 __all__ = ["atlas_segment", "default_atlas"]
@@ -96,7 +97,7 @@ def atlas_segment(
         atlas_image, atlas_labels = default_atlas(1)
     atlas_arr, atlas_aff = read_nifti(atlas_image, ndim=3)
     grid = Grid(tuple(int(s) for s in arr.shape), aff)
-    spacing = tuple(float(s) for s in np.linalg.norm(aff[:3, :3], axis=0))
+    spacing = spacing_from_affine(aff, 3)
     levels = _pyramid(spacing)
     # affine: the image is the fixed side, so the atlas is resampled onto the image's own grid
     aligned = affine_align(str(atlas_image), str(image), moving_labels=str(atlas_labels), grid=grid,

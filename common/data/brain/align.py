@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from common.data.brain.labels import EXTRA_CEREBRAL_CODES, T1_PRIOR_CLASS, T1_PRIOR_MEANS
 from common.data.brain.template import TEMPLATE_GRID_1MM, Grid, resample_to_grid
+from common.io.convert import spacing_from_affine
 from common.io.nifti import ImageReadError, read_nifti
 
 __all__ = ["AlignResult", "affine_align", "label_pseudo_image", "itk_to_world_matrix", "load_volume"]
@@ -97,7 +98,7 @@ def label_pseudo_image(labels: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 def _to_itk(array: np.ndarray, affine: np.ndarray):
     import itk
 
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = np.asarray(spacing_from_affine(affine, 3))
     direction = (_LPS[:3, :3] @ affine[:3, :3]) / spacing
     img = itk.image_from_array(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
     img.SetSpacing([float(s) for s in spacing])
@@ -117,7 +118,7 @@ def itk_to_world_matrix(transform: Any) -> np.ndarray:
 
 def _block_downsample(array: np.ndarray, affine: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Block-mean downsampling by the integer factor that brings the finest axis closest to ``target_mm``."""
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = np.asarray(spacing_from_affine(affine, 3))
     f = int(max(1, np.floor(target_mm / float(spacing.max()) + 1e-6)))
     if f == 1:
         return array, affine
@@ -224,7 +225,7 @@ def affine_align(
     import itk
 
     t0 = time.perf_counter()
-    fixed_spacing = float(np.linalg.norm(fixed_aff[:3, :3], axis=0).max())
+    fixed_spacing = max(spacing_from_affine(fixed_aff, 3))
     reg_img, reg_aff = _block_downsample(mov_img, mov_aff, fixed_spacing)  # the finest level needs no more
     fixed_itk, moving_itk = _to_itk(fixed, fixed_aff), _to_itk(reg_img, reg_aff)
     c_fix, v_fix = _mask_moments(fix_mask, fixed_aff)

