@@ -29,6 +29,7 @@ from monai.data.utils import compute_shape_offset, zoom_affine
 
 from common.blocks.warp import sample_at, sample_labels_at
 from common.conventions import identity_grid
+from common.io.convert import voxel_to_physical
 
 __all__ = [
     "GRID_MODES",
@@ -42,7 +43,6 @@ __all__ = [
     "warp_to_fixed",
     "warp_labels_to_fixed",
     "same_grid",
-    "world_ddf",
     "world_map_ddf",
 ]
 
@@ -220,13 +220,6 @@ def resample_to_grid(
     return out.to(image.dtype if image.is_floating_point() else torch.float32)
 
 
-def world_ddf(ddf: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
-    """Voxel displacement on a grid -> world (RAS mm) displacement vectors on the same grid."""
-    dims = ddf.shape[1]
-    lin = torch.as_tensor(np.asarray(affine, dtype=np.float64)[:dims, :dims], dtype=ddf.dtype, device=ddf.device)
-    return torch.einsum("ij,bj...->bi...", lin, ddf)
-
-
 def world_map_ddf(
     world: np.ndarray,
     fixed_affine: np.ndarray,
@@ -265,7 +258,7 @@ def ddf_to_fixed_grid(
     network grid) and expressed in fixed voxels: ``u_fixed(x) = M_fixed^-1 d(A_fixed x)``.
     """
     dims = ddf_net.shape[1]
-    d_world = world_ddf(ddf_net.to(torch.float64), net_affine)
+    d_world = voxel_to_physical(ddf_net.to(torch.float64), net_affine)  # A_net u (RAS mm)
     coords = grid_coords(fixed_affine, fixed_shape, net_affine, dtype=torch.float64).to(ddf_net.device)
     d_at_fixed = sample_at(d_world, coords, mode="bilinear", padding_mode="border")
     inv = np.linalg.inv(np.asarray(fixed_affine, dtype=np.float64)[:dims, :dims])
