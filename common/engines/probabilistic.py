@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from common.blocks import VelocityIntegrator, one_hot, resize_flow, warp
+from common.losses.labels import soft_dice
 from common.losses.probabilistic import GaussianSmoothing, PriorKLLoss, sample_velocity
 
 __all__ = ["split_posterior", "ProbabilisticRegistrationLoss", "PosteriorUncertainty"]
@@ -53,9 +54,8 @@ def split_posterior(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _soft_dice_loss(warped: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``1 - mean over foreground classes and batch of soft Dice`` (one-hot ``(B, K, *S)``, class 0 dropped)."""
-    w, f = warped[:, 1:].flatten(2), fixed[:, 1:].flatten(2)
-    present = f.sum(-1) > 0
-    dice = (2 * (w * f).sum(-1) + eps) / (w.sum(-1) + f.sum(-1) + eps)
+    present = fixed[:, 1:].flatten(2).sum(-1) > 0
+    dice = soft_dice(warped[:, 1:], fixed[:, 1:], smooth=eps)
     return 1 - dice[present].mean() if present.any() else warped.new_zeros(())
 
 
