@@ -15,6 +15,7 @@ from torch import nn
 
 from common.losses._checks import check_pair
 from common.losses._reduction import check_reduction, reduce
+from common.losses.probabilistic import gaussian_kernel_1d
 
 __all__ = ["SoftDiceLoss", "BlurredBoundaryLoss", "LabelSSDLoss", "soft_dice"]
 
@@ -88,13 +89,6 @@ class SoftDiceLoss(nn.Module):
         return reduce(1.0 - dice, self.reduction)
 
 
-def _gaussian_kernel(kernel_size: int, sigma: float) -> torch.Tensor:
-    half = kernel_size // 2
-    x = torch.arange(-half, half + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
-
-
 class BlurredBoundaryLoss(nn.Module):
     """Blurred-boundary label loss of Han et al. 2021 (eq. 3): ``L1(G*p, G*t) + 1 - Dice(G*p, G*t)``.
 
@@ -134,7 +128,7 @@ class BlurredBoundaryLoss(nn.Module):
             raise ValueError(f"{name}: need an odd `kernel_size` >= 1 and `sigma` > 0, got {kernel_size} and {sigma}.")
         self.include_background = bool(include_background)
         self.smooth = float(smooth)
-        self.register_buffer("kernel", _gaussian_kernel(int(kernel_size), float(sigma)), persistent=False)
+        self.register_buffer("kernel", gaussian_kernel_1d(float(sigma), radius=int(kernel_size) // 2), persistent=False)
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """Separable Gaussian blur of ``(B, K, *S)`` with replicate padding."""

@@ -39,13 +39,14 @@ __all__ = [
 ]
 
 
-def gaussian_kernel_1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
-    """Normalised 1D Gaussian (float64), radius ``ceil(truncate * sigma)``; ``sigma = 0`` gives ``[1]``."""
+def gaussian_kernel_1d(sigma: float, truncate: float = 3.0, radius: int | None = None) -> torch.Tensor:
+    """Normalised 1D Gaussian (float64), radius ``ceil(truncate * sigma)`` or the given ``radius`` (``2 radius + 1``
+    taps); ``sigma = 0`` gives ``[1]``."""
     if sigma < 0 or not math.isfinite(sigma):
         raise ValueError(f"gaussian_kernel_1d: sigma must be finite and >= 0, got {sigma}.")
     if sigma == 0:
         return torch.ones(1, dtype=torch.float64)
-    r = max(1, int(math.ceil(truncate * sigma)))
+    r = max(1, int(math.ceil(truncate * sigma))) if radius is None else int(radius)
     x = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
