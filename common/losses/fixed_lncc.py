@@ -83,7 +83,8 @@ class FixedImageLNCC(nn.Module):
     computed analytically and only for ``pred``. Measured on this CPU, one thread (another job on the second core),
     ``1x1x160x192x224``, window 5, forward + backward: 0.84 s vs 2.53 s for :class:`~common.losses.LocalNCCLoss`
     (which recomputes its checkpointed slabs in the backward pass); a whole 1 mm step of the instance optimiser
-    2.9 s vs 4.3 s. About 5 image-sized float32 maps are held between the passes.
+    2.9 s vs 4.3 s. Between the passes it holds the centred moving image and three gradient-coefficient maps
+    (the fixed image and its two window-sum maps are held by the module).
 
     Sign, range, optimum: ``[0, 1]``, ``0`` when every window of ``pred`` is a non-constant affine function of
     the same window of ``target``.
