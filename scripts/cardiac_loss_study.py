@@ -52,9 +52,9 @@ def score(ckpt: Path, datalist: Path, section: str = "test") -> dict[str, float]
 
     from common.blocks import warp_labels
     from common.data.datalist import load_datalist
-    from common.engines import BSplineToDDF
     from common.engines.inference import normalise_intensity
     from common.io.nifti import read_nifti
+    from common.methods.ngf_bspline import BSplineToDDF
     from common.metrics import mean_dice, percent_folding
 
     parser = ConfigParser()

@@ -11,7 +11,6 @@ from common.engines.inference import (
     pair_datalist,
 )
 from common.engines.registration import (
-    BSplineToDDF,
     IdentityToDDF,
     PairPrepareBatch,
     PredToDDF,
@@ -22,7 +21,6 @@ from common.engines.registration import (
 )
 
 __all__ = [
-    "BSplineToDDF",
     "IdentityToDDF",
     "LoadRegistrationPaird",
     "NetworkInferer",

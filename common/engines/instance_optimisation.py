@@ -85,7 +85,8 @@ class InstanceOptimiser:
         iterations: Adam steps per level (one number for every level, or one per level).
         lr: Adam learning rate, in voxels of the parameter grid per step.
         levels: downsampling factors of the image grid, coarse to fine; ``(1,)`` is one level on the input grid.
-        grid_factor: the residual lives on a grid this many times coarser than the level's (1 = every voxel).
+        grid_factor: the residual lives on a grid this many times coarser than the level's (1 = every voxel); one
+            number for every level or one per level (e.g. ``[2, 2, 1]``: a voxel-wise residual on the input grid).
         diffeomorphic: optimise a stationary velocity ``v``; the total is ``init o exp(v)``.
         bspline_stride: optimise cubic B-spline control points with this spacing (voxels of the level) instead
             of a dense residual (``grid_factor`` and ``smoothing`` are then ignored).
@@ -113,7 +114,7 @@ class InstanceOptimiser:
         iterations: int | Sequence[int] = 100,
         lr: float = 0.1,
         levels: Sequence[int] | int = (1,),
-        grid_factor: int = 2,
+        grid_factor: int | Sequence[int] = 2,
         diffeomorphic: bool = False,
         bspline_stride: int | None = None,
         smoothing: int = 0,
@@ -135,8 +136,11 @@ class InstanceOptimiser:
                 f"{name}: iterations must be an integer >= 0 or one per level ({len(self.levels)}), got {iterations}."
             )
         self.iterations = [int(i) for i in iters]
-        if grid_factor < 1:
-            raise ValueError(f"{name}: grid_factor must be >= 1, got {grid_factor}.")
+        factors = [grid_factor] * len(self.levels) if isinstance(grid_factor, (int, float)) else list(grid_factor)
+        if len(factors) != len(self.levels) or any(int(g) != g or g < 1 for g in factors):
+            raise ValueError(
+                f"{name}: grid_factor must be an integer >= 1 or one per level ({len(self.levels)}), got {grid_factor}."
+            )
         if not lr > 0:
             raise ValueError(f"{name}: lr must be > 0, got {lr}.")
         counts = [samples] * len(self.levels) if isinstance(samples, (int, float)) else list(samples)
@@ -174,7 +178,7 @@ class InstanceOptimiser:
             raise ValueError(f"{name}: reg_weight must be >= 0, one number or one per level, got {reg_weight}.")
         self.reg_weights = [float(w) for w in weights]
         self.lr = float(lr)
-        self.grid_factor, self.smoothing = int(grid_factor), int(smoothing)
+        self.grid_factors, self.smoothing = [int(g) for g in factors], int(smoothing)
         self.samples = [int(c) for c in counts]
         self.patch_size, self.ncc_kernel = int(patch_size), int(ncc_kernel)
         self.mind_radius, self.mind_dilation, self.seed, self.progress = mind_radius, mind_dilation, seed, progress
@@ -238,10 +242,10 @@ class InstanceOptimiser:
             return r
         return compose_ddf(init, r) if self.integrator is not None else init + r
 
-    def _param_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
+    def _param_shape(self, size: tuple[int, ...], level: int) -> tuple[int, ...]:
         if self.bspline is not None:
             return control_grid_shape(size, self.bspline_stride)
-        return tuple(max(2, s // self.grid_factor) for s in size)
+        return tuple(max(2, s // self.grid_factors[level]) for s in size)
 
     # -- deformable ---------------------------------------------------------------------------------------------
     def __call__(
@@ -289,7 +293,7 @@ class InstanceOptimiser:
                 continue
             with torch.no_grad():
                 feat_m, feat_f = self._features(mov_l, kind), self._features(fix_l, kind)
-            params = torch.zeros(1, dims, *self._param_shape(shape), dtype=moving.dtype, device=moving.device)
+            params = torch.zeros(1, dims, *self._param_shape(shape, level), dtype=moving.dtype, device=moving.device)
             params.requires_grad_(True)
             init_p = None
             if init_l is not None and self.integrator is None and self.bspline is None and self.regularise_total:

@@ -1,17 +1,10 @@
-"""Networks, one module per method, plus shared U-Net parts."""
+"""Network parts shared by several methods: the VoxelMorph-style U-Net and its flow head.
+
+Each method's own network lives in its package, ``common.methods.<method>.network``.
+"""
 
 from __future__ import annotations
 
-from common.networks.bspline_net import SharedStreamBSplineNet
-from common.networks.joint_affine import JointAffineDeformNet
-from common.networks.lumir_cascade import CascadeRegNet
-from common.networks.voxelmorph import FlowHead, ProbabilisticRegUNet, RegUNet
+from common.networks.voxelmorph import FlowHead, RegUNet, check_pair_input
 
-__all__ = [
-    "CascadeRegNet",
-    "FlowHead",
-    "ProbabilisticRegUNet",
-    "RegUNet",
-    "SharedStreamBSplineNet",
-    "JointAffineDeformNet",
-]
+__all__ = ["FlowHead", "RegUNet", "check_pair_input"]

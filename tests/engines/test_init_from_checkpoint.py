@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.engines.training import init_from_checkpoint
-from common.networks import JointAffineDeformNet
+from common.methods.joint_affine import JointAffineDeformNet
 
 SMALL = {"enc_channels": (4, 8), "dilations": (1, 2), "dec_channels": (4,), "norm": "instance"}
 

@@ -219,11 +219,33 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"levels": [2, 1], "reg_weight": [1.0]}, "reg_weight must be >= 0, one number or one per level"),
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"levels": [2, 1], "image_loss": ["lncc"]}, "image_loss must be one loss or one per level"),
+        ({"grid_factor": 0}, "grid_factor must be an integer >= 1"),
+        ({"levels": [2, 1], "grid_factor": [2, 2, 1]}, "grid_factor must be an integer >= 1 or one per level"),
     ],
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=f"InstanceOptimiser: .*{message}"):
         InstanceOptimiser(**kwargs)
+
+
+def test_grid_factor_per_level_equals_running_the_levels_one_after_the_other():
+    """``grid_factor=[2, 1]``: a half-resolution residual on the coarse level, a voxel-wise one on the input grid;
+    the same field as the coarse level alone followed by the fine level alone from its result."""
+    fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0))
+    moving = _blob3d((24, 24, 24), tuple((12.0 + SHIFT).tolist()))
+    kw = {"image_loss": "lncc", "ncc_kernel": 5, "lr": 0.3, "smoothing": 1, "progress": False}
+    both = InstanceOptimiser(levels=[2, 1], iterations=[6, 4], grid_factor=[2, 1], reg_weight=[1.0, 2.0], **kw)
+    shapes = []
+    both_field = both(moving, fixed)
+    coarse = InstanceOptimiser(levels=[2], iterations=[6], grid_factor=2, reg_weight=1.0, **kw)(moving, fixed)
+    fine_opt = InstanceOptimiser(levels=[1], iterations=[4], grid_factor=1, reg_weight=2.0, **kw)
+    original = fine_opt._param_shape
+    fine_opt._param_shape = lambda size, level: shapes.append(original(size, level)) or original(size, level)
+    fine = fine_opt(moving, fixed, init=coarse)
+    assert shapes == [(24, 24, 24)]  # voxel-wise on the input grid
+    assert torch.allclose(both_field, fine, atol=1e-6)
+    coarse_only = InstanceOptimiser(levels=[2, 1], iterations=[6, 4], grid_factor=2, reg_weight=[1.0, 2.0], **kw)
+    assert not torch.allclose(coarse_only(moving, fixed), both_field, atol=1e-4)
 
 
 def test_bad_init_shape():

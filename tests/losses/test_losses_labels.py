@@ -8,7 +8,8 @@ from loss_helpers import ball_labels, shift_x
 from monai.losses import DiceLoss
 from torch.autograd import gradcheck
 
-from common.losses import BlurredBoundaryLoss, LabelSSDLoss, SoftDiceLoss
+from common.losses import LabelSSDLoss, SoftDiceLoss
+from common.methods.hybrid_loss import BlurredBoundaryLoss
 
 SHAPES = {2: (20, 20), 3: (12, 12, 12)}
 LOSSES = {

@@ -15,7 +15,7 @@ It returns ONE tensor ``(B, 3 D, *S)`` (the bundle contract: one input, one outp
 * channels ``[D:2D]``: the affine-only displacement ``aff`` (:func:`common.blocks.affine_to_ddf`);
 * channels ``[2D:3D]``: the deformable displacement ``u``.
 
-:func:`common.engines.joint_affine.split_joint` splits it; :class:`common.engines.joint_affine.JointToDDF`
+:func:`common.methods.joint_affine.engine.split_joint` splits it; :class:`common.methods.joint_affine.engine.JointToDDF`
 hands the total to the inference and evaluation engines.
 
 Choices where the paper leaves room (documented, not claimed to be the authors'):
@@ -299,7 +299,7 @@ class JointAffineDeformNet(nn.Module):
     def forward_with_affine(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with the affine part given instead of predicted: ``matrix`` ``(B, D, D + 1)`` in
         centred voxel coordinates (:meth:`affine_matrix`), e.g. refined for the pair by
-        :class:`common.engines.joint_affine.AffineRefinementInferer`; the deformable part registers ``M``
+        :class:`common.methods.joint_affine.engine.AffineRefinementInferer`; the deformable part registers ``M``
         warped by it to ``F``. Output as :meth:`forward`."""
         expected = (x.shape[0], self.dims, self.dims + 1)
         if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != expected:

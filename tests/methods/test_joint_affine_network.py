@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from common.blocks import affine_to_ddf, compose_ddf, warp
-from common.engines.joint_affine import JointAffineDeformLoss, split_joint
-from common.networks import JointAffineDeformNet
+from common.methods.joint_affine import JointAffineDeformNet
+from common.methods.joint_affine.engine import JointAffineDeformLoss, split_joint
 
 SMALL = {"enc_channels": (8, 8, 8, 8), "dec_channels": (8, 8, 8)}
 

@@ -9,9 +9,9 @@ import torch
 
 from common.blocks import affine_to_ddf, one_hot, resize_flow, warp
 from common.engines import RegistrationEvalPostprocess
-from common.engines.joint_affine import AffineRefinementInferer, JointAffineDeformLoss, JointToDDF, split_joint
 from common.losses import GlobalNCCLoss, GradientRegulariser, LocalNCCLoss, SoftDiceLoss
-from common.networks import JointAffineDeformNet
+from common.methods.joint_affine import JointAffineDeformNet
+from common.methods.joint_affine.engine import AffineRefinementInferer, JointAffineDeformLoss, JointToDDF, split_joint
 
 
 def _blobs(shape: tuple[int, int], offset: tuple[float, float]) -> torch.Tensor:

@@ -16,7 +16,7 @@ channels, displacements in voxels of the input grid, pull-back; see its module d
 
   with ``A = M o affine``. The warped moving image of the similarity term is ``M`` resampled ONCE with the
   composed field (what inference outputs) rather than ``A`` resampled again by ``u``; the two agree up to
-  interpolation (tests/networks/test_joint_affine.py) and gradients reach both fields either way.
+  interpolation (tests/methods/test_joint_affine_network.py) and gradients reach both fields either way.
 
 References:
     Zhu Z., et al. "Joint affine and deformable three-dimensional networks for brain MRI registration."

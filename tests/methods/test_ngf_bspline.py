@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.engines.registration import BSplineToDDF, MultiLevelRegistrationLoss, RegistrationLoss
+from common.engines.registration import RegistrationLoss
 from common.losses import CurvatureRegulariser, LabelSSDLoss, NGFLoss
-from common.networks import SharedStreamBSplineNet
+from common.methods.ngf_bspline import BSplineToDDF, MultiLevelRegistrationLoss, SharedStreamBSplineNet
 
 
 def test_levels_shapes_and_finest_output():

@@ -77,7 +77,7 @@ class ProbabilisticRegistrationLoss(nn.Module):
             differences (0: none, the paper's loss). Not in the paper: synthetic images carry i.i.d. voxel noise,
             and linear interpolation of a sub-voxel shift averages that noise away, so the plain SSD is lower at a
             half-voxel shift than at the true (zero) displacement and a network learns a global shift; smoothing
-            first removes that bias (tests/engines/test_probabilistic_engine.py).
+            first removes that bias (tests/methods/test_prob_diffeo.py).
     """
 
     def __init__(

@@ -7,8 +7,8 @@ import torch
 
 from common.blocks import warp
 from common.blocks.bilateral import BilateralFieldFilter
-from common.networks import CascadeRegNet
-from common.networks.lumir_cascade import CoAttention, ConvBlock, LargeKernelBlock
+from common.methods.lumir_cascade import CascadeRegNet
+from common.methods.lumir_cascade.network import CoAttention, ConvBlock, LargeKernelBlock
 
 SMALL = {"enc_channels": (4, 8, 8), "flow_channels": 8}
 
@@ -124,7 +124,7 @@ def test_bad_settings_are_named(kwargs, match):
 
 def test_small_inputs_reach_a_one_voxel_level_without_error():
     """16^3 input, 5 levels: the coarsest level is 1 voxel; instance norm there gives its bias (x - mean = 0)."""
-    from common.networks.lumir_cascade import _SafeInstanceNorm
+    from common.methods.lumir_cascade.network import _SafeInstanceNorm
 
     net = CascadeRegNet(spatial_dims=3, enc_channels=(4, 4, 8, 8, 8), flow_channels=8, large_kernel=True)
     assert net(torch.rand(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)

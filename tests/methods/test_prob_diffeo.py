@@ -8,13 +8,13 @@ import torch
 
 from common.blocks import warp
 from common.engines import SVFToDDF
-from common.engines.probabilistic import (
+from common.losses.probabilistic import GaussianSmoothing, PriorKLLoss
+from common.methods.prob_diffeo import ProbabilisticRegUNet
+from common.methods.prob_diffeo.engine import (
     PosteriorUncertainty,
     ProbabilisticRegistrationLoss,
     split_posterior,
 )
-from common.losses.probabilistic import GaussianSmoothing, PriorKLLoss
-from common.networks import ProbabilisticRegUNet
 
 
 def _blob_pair(shape=(24, 24, 24), shift=2.0):

@@ -1,0 +1,88 @@
+"""Hering et al. 2019's training pieces: B-spline control points to displacements, and the loss over every level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.blocks import BSplineTransformer
+from common.engines.registration import PredToDDF, RegistrationLoss
+
+__all__ = ["BSplineToDDF", "MultiLevelRegistrationLoss"]
+
+
+class BSplineToDDF(PredToDDF):
+    """``pred`` holds cubic B-spline control-point displacements in voxels of the OUTPUT grid.
+
+    Args:
+        stride: control-point spacing in output voxels (the output grid is ``size``).
+    """
+
+    def __init__(self, stride: int | Sequence[int]) -> None:
+        super().__init__()
+        self.bspline = BSplineTransformer(stride)
+
+    def native_shape(self, pred: torch.Tensor) -> tuple[int, ...]:
+        raise ValueError("BSplineToDDF: a control-point grid is not a displacement grid; use loss_grid='input'.")
+
+    def forward(self, pred: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return self.bspline(pred, size)
+
+
+class MultiLevelRegistrationLoss(RegistrationLoss):
+    """:class:`RegistrationLoss` summed over the levels of a multi-level prediction (deep supervision).
+
+    The network keeps its levels (coarse to fine) in ``network.last_levels``; level ``l`` is turned into a
+    displacement by ``level_to_ddf[l]`` and weighted by ``level_weights[l]``. ``pred`` (the finest level, what the
+    network returns) is only used when the network holds no levels. Term values in :attr:`last_terms` are the
+    weighted sums over levels; ``total`` is the loss.
+
+    Args:
+        network: the module whose ``last_levels`` holds the predictions of the last forward pass.
+        level_to_ddf: one :class:`PredToDDF` per level (e.g. :class:`BSplineToDDF` with strides 16, 8, 4).
+        level_weights: weight per level (default equal, summing to 1).
+        **kwargs: the :class:`RegistrationLoss` terms and weights (``pred_to_ddf`` is set per level).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        level_to_ddf: Sequence[PredToDDF],
+        level_weights: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("pred_to_ddf", None)
+        super().__init__(pred_to_ddf=level_to_ddf[-1], **kwargs)
+        self._network = [network]  # a list: keep the network out of this module's parameters/state dict
+        self.level_to_ddf = nn.ModuleList(level_to_ddf)
+        n = len(level_to_ddf)
+        self.level_weights = [1.0 / n] * n if level_weights is None else [float(w) for w in level_weights]
+        if len(self.level_weights) != n:
+            raise ValueError(f"MultiLevelRegistrationLoss: {len(self.level_weights)} level_weights for {n} levels.")
+
+    def forward(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        network = self._network[0]
+        while hasattr(network, "module") and isinstance(network.module, nn.Module):  # DDP / DataParallel wrappers
+            network = network.module
+        levels = list(getattr(network, "last_levels", []) or [pred])
+        if len(levels) != len(self.level_to_ddf) or tuple(levels[-1].shape) != tuple(pred.shape):
+            raise ValueError(
+                f"MultiLevelRegistrationLoss: the network ({type(network).__name__}) holds {len(levels)} level(s) "
+                f"(finest {tuple(levels[-1].shape)}) for {len(self.level_to_ddf)} level_to_ddf entries and a "
+                f"prediction {tuple(pred.shape)}; give the loss the network that ran this forward pass."
+            )
+        pairs = list(zip(self.level_to_ddf, self.level_weights))
+        total = pred.new_zeros(())
+        terms: dict[str, float] = {}
+        for level_pred, (to_ddf, weight) in zip(levels, pairs):
+            self.pred_to_ddf = to_ddf
+            total = total + weight * super().forward(level_pred, targets)
+            for k, v in self.last_terms.items():
+                terms[k] = terms.get(k, 0.0) + weight * v
+        self.pred_to_ddf = self.level_to_ddf[-1]
+        terms["total"] = float(total.detach())
+        self.last_terms = terms
+        return total
