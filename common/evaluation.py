@@ -250,9 +250,9 @@ def score_field(
 ) -> dict[str, float]:
     """Dice (mean over the labels present in both maps), SDlogJ, % det J <= 0 and NDV of a displacement ``ddf``
     ``(1, 3, *S_fixed)`` (fixed voxels, a torch tensor) for a labelled pair; the moving labels are warped the way the
-    bundles warp them (:func:`common.engines.geometry.warp_labels_to_fixed`). Used by the instance-optimisation
+    bundles warp them (:func:`common.geometry.warp_labels_to_fixed`). Used by the instance-optimisation
     studies."""
-    from common.engines.geometry import warp_labels_to_fixed
+    from common.geometry import warp_labels_to_fixed
     from common.metrics import ndv, percent_folding, sdlogj
 
     labels, _ = read_nifti(pair["moving_label"], dtype=None)

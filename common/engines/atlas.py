@@ -76,7 +76,7 @@ def atlas_segment(
     from common.data.brain.align import affine_align
     from common.data.brain.template import Grid
     from common.engines.bundle import run_bundle
-    from common.engines.geometry import world_map_ddf
+    from common.geometry import world_map_ddf
     from common.io.convert import physical_affine_to_centred
     from common.io.itk_field import itk_field_to_ddf, write_itk_affine, write_itk_displacement
 

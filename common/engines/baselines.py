@@ -85,7 +85,7 @@ def itk_affine(pair: dict[str, str]) -> BaselineResult:
     """ITK affine (Mattes MI, two-level pyramid; :func:`common.data.brain.align.affine_align`), 3D."""
     from common.data.brain.align import affine_align
     from common.data.brain.template import Grid
-    from common.engines.geometry import world_map_ddf
+    from common.geometry import world_map_ddf
 
     fixed, f_aff, _, _ = _labels_on_grid(pair)
     res = affine_align(pair["moving_image"], pair["fixed_image"], moving_labels=pair["moving_label"],
@@ -191,7 +191,7 @@ def convex_adam(pair: dict[str, str], threads: int | None = None) -> BaselineRes
     import torch
     from convexAdam.convex_adam_MIND import convex_adam_pt
 
-    from common.engines.geometry import warp_labels_to_fixed
+    from common.geometry import warp_labels_to_fixed
 
     fixed, f_aff = read_nifti(pair["fixed_image"])
     moving, m_aff = read_nifti(pair["moving_image"])
@@ -211,7 +211,7 @@ def convex_adam(pair: dict[str, str], threads: int | None = None) -> BaselineRes
 def ants_affine(pair: dict[str, str], threads: int | None = None) -> BaselineResult:
     """ANTs affine registration through ``antspyx`` (``type_of_transform="Affine"``: Mattes MI, multi-resolution,
     12 parameters), 3D, moving and fixed images on one grid; ``seconds`` is the registration call alone."""
-    from common.engines.geometry import world_map_ddf
+    from common.geometry import world_map_ddf
 
     ants, fixed_lab, f_aff, fixed, moving, moving_lab = _ants_inputs(pair, threads, "ants_affine")
     with tempfile.TemporaryDirectory(prefix="ants_") as tmp:

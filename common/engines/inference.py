@@ -2,7 +2,7 @@
 and a summary handler, driven by MONAI's ``SupervisedEvaluator`` (so ``monai.bundle run`` and the bundle
 property checks work unchanged).
 
-Flow for each pair (any orientation/spacing; see :mod:`common.engines.geometry`):
+Flow for each pair (any orientation/spacing; see :mod:`common.geometry`):
 
 1. :class:`LoadRegistrationPaird` reads the files (clear errors naming the file), builds the network grid from
    the fixed image (training orientation and spacing), resamples both images onto it and scales intensities
@@ -33,7 +33,9 @@ import torch
 from monai.inferers import SimpleInferer
 from monai.transforms import MapTransform, Transform
 
-from common.engines.geometry import (
+from common.engines.outputs import PairContext, parse_outputs, write_pair_outputs
+from common.engines.registration import PredToDDF
+from common.geometry import (
     block_average,
     check_grid_mode,
     ddf_to_fixed_grid,
@@ -42,8 +44,6 @@ from common.engines.geometry import (
     resample_to_grid,
     warp_to_fixed,
 )
-from common.engines.outputs import PairContext, parse_outputs, write_pair_outputs
-from common.engines.registration import PredToDDF
 from common.io.files import pair_output_name
 from common.io.nifti import ImageReadError, atomic_path, read_label_map, read_nifti
 
@@ -130,12 +130,12 @@ class LoadRegistrationPaird(MapTransform):
         multiple: pad/crop the network grid to a multiple of this.
         shape: exact network grid shape instead of ``multiple``.
         grid_mode: ``"fit_extent"`` or ``"exact_spacing"`` (the grid MONAI ``Spacingd`` builds), see
-            :func:`common.engines.geometry.network_grid`; a bundle trained on ``Spacingd``-downsampled arrays
+            :func:`common.geometry.network_grid`; a bundle trained on ``Spacingd``-downsampled arrays
             needs ``"exact_spacing"``.
         spatial_dims: 2 or 3.
         max_voxels: refuse images whose network grid would exceed this many voxels (clear message, no OOM kill).
         data_spacing: spacing (mm) of the data the network was trained on; an image whose voxels are at least
-            twice finer is first block-averaged to about that spacing (:func:`common.engines.geometry.block_average`,
+            twice finer is first block-averaged to about that spacing (:func:`common.geometry.block_average`,
             the rule that made the training data), so a 1 mm input is anti-aliased exactly as training was.
             ``None``: no averaging (resampling only).
     """

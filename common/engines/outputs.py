@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.engines.geometry import (
+from common.geometry import (
     ddf_to_fixed_grid,
     resample_to_grid,
     warp_labels_to_fixed,

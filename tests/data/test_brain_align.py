@@ -40,9 +40,9 @@ def test_affine_align_recovers_known_transform():
     truth[:3, :3] = 1.1 * np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     truth[:3, 3] = [6.0, -4.0, 3.0]
     grid = Grid((n, n, n), aff)
-    from common.data.brain.template import resample_to_grid
+    from common.geometry import resample_array
 
-    moving = resample_to_grid(fixed, aff, grid, order=1, world=np.linalg.inv(truth))
+    moving = resample_array(fixed, aff, grid, order=1, world=np.linalg.inv(truth))
     labels = (moving > 0.5).astype(np.uint8)
     res = A.affine_align((moving, aff), (fixed, aff), moving_labels=(labels, aff), grid=grid,
                          levels=(2, 1), iterations=(150, 80), sampling=0.5)  # fmt: skip

@@ -37,7 +37,7 @@ def test_warp_label_map_equals_warp_labels_on_consecutive_indices():
     lut = torch.tensor([0.0, 2, 24, 41, 507, 530])  # increasing, so class order == code order (same ties)
     cp = torch.randn(3, *control_grid_shape((12, 12, 12), 4))
     ddf = synth.deformation_field((12, 12, 12), synth.affine_matrix((5, 3, 2), translation=(1, 0, 0)), cp, 4)
-    got = synth.warp_label_map(lut[idx.long()], ddf, chunk=2)
+    got = synth.warp_label_map(lut[idx.long()], ddf)
     assert torch.equal(got, lut[warp_labels(idx, ddf).long()])
     assert (got != lut[idx.long()]).float().mean() > 0.1  # the field really moved things
 

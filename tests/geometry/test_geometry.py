@@ -9,7 +9,7 @@ import torch
 
 from common.blocks import one_hot, sample_at, sample_labels_at
 from common.conventions import identity_grid
-from common.engines.geometry import (
+from common.geometry import (
     ddf_to_fixed_grid,
     network_grid,
     resample_to_grid,
@@ -109,7 +109,7 @@ def test_network_grid_rejects_bad_arguments():
 
 
 def test_world_map_ddf_composes_a_pre_displacement_and_changes_grid():
-    from common.engines.geometry import world_map_ddf
+    from common.geometry import world_map_ddf
 
     fixed = np.diag([2.0, 2.0, 2.0, 1.0])
     fixed[:3, 3] = [-10.0, 4.0, 0.0]
@@ -251,7 +251,7 @@ def test_load_registration_pair_rejects_an_unknown_grid_mode_when_built():
 
 def test_block_average_is_the_training_data_rule_and_keeps_world_positions():
     from common.data.brain.template import TEMPLATE_GRID_1MM, TEMPLATE_GRID_2MM, downsample_image_2x
-    from common.engines.geometry import block_average, pool_factors
+    from common.geometry import block_average, pool_factors
 
     rng = np.random.default_rng(0)
     img = rng.random((16, 12, 10)).astype(np.float32)

@@ -21,11 +21,13 @@ moving/fixed pair of any orientation and spacing, inference:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
 import torch
 from monai.data.utils import compute_shape_offset, zoom_affine
+from scipy import ndimage
 
 from common.blocks.warp import sample_at, sample_labels_at
 from common.conventions import identity_grid
@@ -39,6 +41,7 @@ __all__ = [
     "network_grid",
     "grid_coords",
     "resample_to_grid",
+    "resample_array",
     "ddf_to_fixed_grid",
     "warp_to_fixed",
     "warp_labels_to_fixed",
@@ -48,6 +51,13 @@ __all__ = [
 
 
 GRID_MODES = ("fit_extent", "exact_spacing")
+
+
+class GridLike(Protocol):
+    """A target grid: a 4x4 voxel-to-world ``affine`` and a 3D ``shape``."""
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
 
 
 def pool_factors(affine: np.ndarray, data_spacing: float | None) -> tuple[int, ...]:
@@ -218,6 +228,35 @@ def resample_to_grid(
     coords = grid_coords(target_affine, target_shape, source_affine, dtype=torch.float64)
     out = sample_at(image.to(torch.float64), coords.to(image.device), mode=mode, padding_mode=padding_mode)
     return out.to(image.dtype if image.is_floating_point() else torch.float32)
+
+
+def resample_array(
+    array: np.ndarray, affine: np.ndarray, grid: GridLike, order: int = 1, world: np.ndarray | None = None
+) -> np.ndarray:
+    """Resample a NumPy volume (voxel-to-world ``affine``) onto ``grid`` with SciPy; zero outside the source.
+
+    The data-preparation twin of :func:`resample_to_grid` (tensors, MONAI/torch sampling, used at inference):
+    NumPy in and out, nearest neighbour keeps label codes and their dtype.
+
+    Args:
+        array: 3D source volume.
+        affine: its 4x4 voxel-to-world (RAS, mm) matrix.
+        grid: target grid (anything with ``affine`` and ``shape``, e.g. :class:`common.data.brain.template.Grid`).
+        order: 1 (linear, images) or 0 (nearest, label maps).
+        world: optional 4x4 world-to-world map from target to source points (an affine registration
+            result, see :func:`common.data.brain.align.affine_align`); identity by default.
+    """
+    if np.asarray(array).ndim != 3:
+        raise ValueError(f"resample_array: `array` must be 3D, got shape {np.shape(array)}.")
+    world = np.eye(4) if world is None else np.asarray(world, dtype=np.float64)
+    vox = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ world @ grid.affine
+    src = np.asarray(array)
+    if order == 0:
+        out = ndimage.affine_transform(src, vox[:3, :3], vox[:3, 3], grid.shape, order=0, mode="constant", cval=0)
+        return out.astype(src.dtype, copy=False)
+    return ndimage.affine_transform(
+        src.astype(np.float32, copy=False), vox[:3, :3], vox[:3, 3], grid.shape, order=order, mode="constant"
+    )
 
 
 def world_map_ddf(
