@@ -239,7 +239,8 @@ def _batch(
     weights = _check_weights(b, ckpt)
     extra = {**_instance_overrides(b, instance_iterations), **_output_overrides(outputs, compression)}
     _check_device(device)
-    from common.engines.inference import merge_summary, pair_datalist
+    from common.engines.pair_loading import pair_datalist
+    from common.engines.summary import merge_summary
     from common.io.files import pair_output_name
 
     pairs = pair_datalist(datalist=datalist, section=section)

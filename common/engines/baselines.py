@@ -99,8 +99,8 @@ def classic_bspline(pair: dict[str, str], iterations: int = 200, stride: int = 4
     import torch
 
     from common.blocks import warp_labels
-    from common.engines.inference import normalise_intensity
     from common.engines.instance_optimisation import InstanceOptimiser
+    from common.engines.pair_loading import normalise_intensity
     from common.losses import CurvatureRegulariser, NGFLoss
 
     fixed, f_aff = read_nifti(pair["fixed_image"])

@@ -4,7 +4,7 @@ property checks work unchanged).
 
 Flow for each pair (any orientation/spacing; see :mod:`common.geometry`):
 
-1. :class:`LoadRegistrationPaird` reads the files (clear errors naming the file), builds the network grid from
+1. :class:`~common.engines.pair_loading.LoadRegistrationPaird` reads the files (clear errors naming the file), builds the network grid from
    the fixed image (training orientation and spacing), resamples both images onto it and scales intensities
    to [0, 1] with percentiles (the same rule as training, :func:`normalise_intensity`);
 2. the evaluator runs the network on ``[moving, fixed]``;
@@ -12,12 +12,11 @@ Flow for each pair (any orientation/spacing; see :mod:`common.geometry`):
    the fixed image's own grid (vectors rescaled through mm) and writes, each file atomically: the warped moving
    image in the fixed geometry, warped moving labels (one-hot linear warp), the Learn2Reg displacement file,
    the ITK displacement field (loads in 3D Slicer as a transform), a QC PNG and a metrics JSON;
-4. :class:`RegistrationSummaryHandler` writes ``summary.csv`` over all pairs.
+4. :class:`~common.engines.summary.RegistrationSummaryHandler` writes ``summary.csv`` over all pairs.
 """
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import json
 import os
@@ -31,202 +30,26 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import SimpleInferer
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
 from common.engines.outputs import PairContext, parse_outputs, write_pair_outputs
+from common.engines.pair_loading import normalise_intensity
 from common.engines.registration import PredToDDF
 from common.geometry import (
-    block_average,
-    check_grid_mode,
     ddf_to_fixed_grid,
-    network_grid,
-    pool_factors,
-    resample_to_grid,
     warp_to_fixed,
 )
 from common.io.files import pair_output_name
-from common.io.nifti import ImageReadError, atomic_path, read_label_map, read_nifti
+from common.io.nifti import atomic_path, read_nifti
 
 __all__ = [
-    "normalise_intensity",
-    "pair_datalist",
     "refine_on_fixed_grid",
-    "LoadRegistrationPaird",
     "NetworkInferer",
     "SaveRegistrationOutputsd",
-    "RegistrationSummaryHandler",
     "bundle_provenance",
-    "merge_summary",
     "remove_stale_partials",
+    "fix_malloc_mmap_threshold",
 ]
-
-
-def normalise_intensity(image: np.ndarray | torch.Tensor, lower: float = 0.5, upper: float = 99.5):
-    """Linear map of the [lower, upper] percentiles to [0, 1], values outside clipped (documented, deliberate)."""
-    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    lo, hi = np.percentile(arr, [lower, upper])
-    if not hi > lo:
-        raise ValueError(f"normalise_intensity: image is constant (all voxels ~{float(lo):.4g}); nothing to register.")
-    out = np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    return torch.as_tensor(out) if isinstance(image, torch.Tensor) else out
-
-
-def _is_relative_file(key: str, value: Any) -> bool:
-    """Only image/label path entries are resolved against the datalist's folder (ids and other fields are not)."""
-    return isinstance(value, str) and key.endswith(("_image", "_label")) and not os.path.isabs(value)
-
-
-def pair_datalist(
-    moving: str | None = None,
-    fixed: str | None = None,
-    moving_label: str | None = None,
-    fixed_label: str | None = None,
-    datalist: str | None = None,
-    section: str = "test",
-) -> list[dict[str, Any]]:
-    """One pair from paths, or the pairs of a datalist JSON (``{"test": [{"moving_image": ..., ...}]}``)."""
-    if datalist:
-        from common.data.datalist import read_json_file
-
-        p = Path(datalist)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: datalist not found.")
-        data = read_json_file(p, "pair_datalist")
-        items = data.get(section) if isinstance(data, dict) else data
-        if not isinstance(items, list) or not items:
-            raise ValueError(f"{p}: expected a non-empty list under '{section}' (or a top-level list).")
-        base = p.parent
-        out = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict) or "moving_image" not in item or "fixed_image" not in item:
-                raise ValueError(f"{p}: entry {i} of '{section}' needs 'moving_image' and 'fixed_image'.")
-            for key, value in item.items():
-                if (
-                    key.endswith(("_image", "_label"))
-                    and value is not None
-                    and (not isinstance(value, str) or not value)
-                ):
-                    raise ValueError(
-                        f"{p}: entry {i} of '{section}': {key} must be a file path (a non-empty string), got {value!r}."
-                    )
-            out.append({k: (str(base / v) if _is_relative_file(k, v) else v) for k, v in item.items()})
-        return out
-    if not moving or not fixed:
-        raise ValueError("pair_datalist: give --moving and --fixed image paths, or --datalist.")
-    item = {"moving_image": str(moving), "fixed_image": str(fixed)}
-    if moving_label:
-        item["moving_label"] = str(moving_label)
-    if fixed_label:
-        item["fixed_label"] = str(fixed_label)
-    return [item]
-
-
-class LoadRegistrationPaird(MapTransform):
-    """Read a moving/fixed pair (+ optional labels) and put both images on the network grid.
-
-    Args:
-        spacing: training spacing in mm (array order of ``axcodes``).
-        axcodes: training orientation (e.g. ``"LIA"``); None keeps the fixed image's.
-        multiple: pad/crop the network grid to a multiple of this.
-        shape: exact network grid shape instead of ``multiple``.
-        grid_mode: ``"fit_extent"`` or ``"exact_spacing"`` (the grid MONAI ``Spacingd`` builds), see
-            :func:`common.geometry.network_grid`; a bundle trained on ``Spacingd``-downsampled arrays
-            needs ``"exact_spacing"``.
-        spatial_dims: 2 or 3.
-        max_voxels: refuse images whose network grid would exceed this many voxels (clear message, no OOM kill).
-        data_spacing: spacing (mm) of the data the network was trained on; an image whose voxels are at least
-            twice finer is first block-averaged to about that spacing (:func:`common.geometry.block_average`,
-            the rule that made the training data), so a 1 mm input is anti-aliased exactly as training was.
-            ``None``: no averaging (resampling only).
-    """
-
-    def __init__(
-        self,
-        spacing: Sequence[float],
-        axcodes: str | None = None,
-        multiple: int = 16,
-        shape: Sequence[int] | None = None,
-        spatial_dims: int = 3,
-        max_voxels: int = 64_000_000,
-        grid_mode: str = "fit_extent",
-        data_spacing: float | None = None,
-    ) -> None:
-        super().__init__(keys=["moving_image", "fixed_image"])
-        self.data_spacing = None if data_spacing is None else float(data_spacing)
-        check_grid_mode(grid_mode, "LoadRegistrationPaird")
-        self.grid_mode = grid_mode
-        self.spacing, self.axcodes, self.multiple = tuple(spacing), axcodes, multiple
-        self.shape, self.dims, self.max_voxels = shape, spatial_dims, max_voxels
-
-    def _read(self, path: str, what: str) -> tuple[np.ndarray, np.ndarray]:
-        reader = read_label_map if what.endswith("label") else read_nifti
-        arr, aff = reader(path, ndim=self.dims)
-        if self.dims == 2 and aff.shape == (4, 4):
-            aff = np.delete(np.delete(aff, 2, 0), 2, 1)
-        return arr, aff
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        d = dict(data)
-        d["t_start"] = t_start = time.perf_counter()
-        mov, mov_aff = self._read(d["moving_image"], "moving")
-        fix, fix_aff = self._read(d["fixed_image"], "fixed")
-        for aff, key in ((mov_aff, "moving_image"), (fix_aff, "fixed_image")):
-            sp = np.sqrt((aff[: self.dims, : self.dims] ** 2).sum(0))
-            if not np.all(np.isfinite(sp)) or sp.min() < 0.05 or sp.max() > 50.0:
-                raise ImageReadError(
-                    f"{d[key]}: voxel spacing {tuple(round(float(v), 6) for v in sp)} mm is outside 0.05-50 mm; "
-                    "the header's affine is probably wrong."
-                )
-        for arr, key in ((mov, "moving_image"), (fix, "fixed_image")):
-            if float(arr.max()) == float(arr.min()):
-                raise ImageReadError(
-                    f"{d[key]}: image is constant ({float(arr.min()):.4g} everywhere); nothing to register."
-                )
-        for key, img_arr, img_aff in (("moving_label", mov, mov_aff), ("fixed_label", fix, fix_aff)):
-            if d.get(key):
-                lab, lab_aff = self._read(d[key], key)
-                image_key = key.replace("label", "image")
-                if lab.shape != img_arr.shape or not np.allclose(lab_aff, img_aff, atol=1e-3):
-                    raise ImageReadError(
-                        f"{d[key]}: label geometry (shape {lab.shape}) does not match {d[image_key]} "
-                        f"(shape {img_arr.shape}) or their affines differ; labels must be on their image's grid."
-                    )
-                if not np.any(lab):
-                    raise ImageReadError(f"{d[key]}: label map is empty (all background).")
-        # block means first, then the percentile scaling: the order that made the training data
-        t_mov, mov_src = block_average(
-            torch.as_tensor(mov)[None, None], mov_aff, pool_factors(mov_aff, self.data_spacing)
-        )
-        t_fix, fix_src = block_average(
-            torch.as_tensor(fix)[None, None], fix_aff, pool_factors(fix_aff, self.data_spacing)
-        )
-        t_mov = torch.as_tensor(normalise_intensity(t_mov[0, 0].numpy()))[None, None]
-        t_fix = torch.as_tensor(normalise_intensity(t_fix[0, 0].numpy()))[None, None]
-        net_aff, net_shape = network_grid(
-            fix_src, tuple(t_fix.shape[2:]), self.spacing, self.axcodes, self.multiple, self.shape, self.grid_mode
-        )
-        if int(np.prod(net_shape)) > self.max_voxels:
-            raise ImageReadError(
-                f"{d['fixed_image']}: network grid {net_shape} ({np.prod(net_shape) / 1e6:.0f} M voxels, about "
-                f"{np.prod(net_shape) * 4 * 60 / 2**30:.0f} GiB to process) exceeds the {self.max_voxels / 1e6:.0f} M "
-                "voxel limit; check the header spacing or crop the image."
-            )
-        d["moving_image"] = resample_to_grid(t_mov, mov_src, net_aff, net_shape)[0]
-        d["fixed_image"] = resample_to_grid(t_fix, fix_src, net_aff, net_shape)[0]
-        d["geometry"] = {
-            "net_affine": torch.as_tensor(net_aff),
-            "fixed_affine": torch.as_tensor(fix_aff),
-            "moving_affine": torch.as_tensor(mov_aff),
-            "fixed_shape": torch.as_tensor(fix.shape),
-        }
-        d["pair_id"] = str(data["id"]) if data.get("id") else ""
-        d["paths"] = {
-            k: str(data[k]) for k in ("moving_image", "fixed_image", "moving_label", "fixed_label") if data.get(k)
-        }
-        for key in ("moving_label", "fixed_label"):
-            d.pop(key, None)  # read on the original grids at output time
-        d["seconds_read"] = time.perf_counter() - t_start
-        return d
 
 
 def bundle_provenance(bundle_root: str | os.PathLike | None, ckpt_path: str | os.PathLike | None) -> dict[str, Any]:
@@ -508,60 +331,3 @@ class SaveRegistrationOutputsd(Transform):
             "out_dir": str(final_out),
             **metrics,
         }
-
-
-class RegistrationSummaryHandler:
-    """Ignite handler: collects each pair's ``registration`` record and merges them into ``summary.csv`` at the end
-    (or when the run fails), under a file lock (:func:`merge_summary`)."""
-
-    def __init__(self, output_dir: str) -> None:
-        self.output_dir = Path(output_dir)
-        self.rows: list[dict[str, Any]] = []
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._write_and_raise)
-
-    def _write_and_raise(self, engine, exc: Exception) -> None:
-        """A failing pair stops the run: the pairs finished before it still get their summary rows."""
-        self._write(engine)
-        raise exc
-
-    def _collect(self, engine) -> None:
-        output = engine.state.output
-        items = output if isinstance(output, list) else [output]
-        for it in items:
-            if isinstance(it, dict) and "registration" in it:
-                self.rows.append(dict(it["registration"]))
-
-    def _write(self, engine) -> None:
-        if self.rows:
-            merge_summary(self.output_dir / "summary.csv", self.rows)
-
-
-def merge_summary(path: str | os.PathLike, rows: list[dict[str, Any]], key: str = "name") -> Path:
-    """Merge ``rows`` into the CSV at ``path`` under an exclusive file lock: one row per ``key`` (a pair folder)
-    across runs, this call's rows replacing earlier ones of the same pair; columns are the union. Two runs writing
-    into one output folder at once therefore both keep their rows. Returns the path."""
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old: list[dict[str, Any]] = []
-        if path.is_file():
-            with open(path, newline="") as fh:
-                old = list(csv.DictReader(fh))
-        new_keys = {str(r.get(key)) for r in rows}
-        merged = [r for r in old if str(r.get(key)) not in new_keys] + [dict(r) for r in rows]
-        keys = list(dict.fromkeys(k for r in merged for k in r))
-        keys = [key, *sorted(k for k in keys if k != key)]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(merged)
-    return path

@@ -243,7 +243,7 @@ def test_network_grid_rejects_an_unknown_grid_mode():
 
 
 def test_load_registration_pair_rejects_an_unknown_grid_mode_when_built():
-    from common.engines.inference import LoadRegistrationPaird
+    from common.engines.pair_loading import LoadRegistrationPaird
 
     with pytest.raises(ValueError, match="LoadRegistrationPaird: `grid_mode`.*'spacingd'"):
         LoadRegistrationPaird(spacing=(4, 4, 4), grid_mode="spacingd")
@@ -272,7 +272,7 @@ def test_load_pair_gives_a_1mm_image_the_2mm_network_input_of_its_2mm_version(tm
     import nibabel as nib
 
     from common.data.brain.template import TEMPLATE_GRID_1MM, TEMPLATE_GRID_2MM, downsample_image_2x
-    from common.engines.inference import LoadRegistrationPaird
+    from common.engines.pair_loading import LoadRegistrationPaird
 
     rng = np.random.default_rng(1)
     img1 = rng.random((32, 32, 32)).astype(np.float32)

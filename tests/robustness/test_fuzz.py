@@ -30,7 +30,7 @@ from scipy.spatial.transform import Rotation
 from common.blocks import warp
 from common.data import readers as R
 from common.data.datalist import load_datalist
-from common.engines.inference import pair_datalist
+from common.engines.pair_loading import pair_datalist
 from common.io.itk_field import read_itk_displacement, write_itk_displacement
 from common.io.l2r import read_l2r_displacement, write_l2r_displacement
 from common.metrics import dice_per_label, hd95, mean_dice, ndv, percent_folding, sdlogj

@@ -19,7 +19,8 @@ import pytest
 import torch
 from test_cli_bad_inputs import BUNDLE, ROOT, _blob, _cli, _no_outputs, _register, _save
 
-from common.engines.inference import merge_summary, remove_stale_partials
+from common.engines.inference import remove_stale_partials
+from common.engines.summary import merge_summary
 from common.errors import friendly, root_cause
 from common.io.nifti import ImageReadError, read_label_map, read_nifti
 
