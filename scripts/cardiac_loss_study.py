@@ -52,7 +52,7 @@ def score(ckpt: Path, datalist: Path, section: str = "test") -> dict[str, float]
 
     from common.blocks import warp_labels
     from common.data.datalist import load_datalist
-    from common.engines.inference import normalise_intensity
+    from common.engines.pair_loading import normalise_intensity
     from common.io.nifti import read_nifti
     from common.methods.ngf_bspline import BSplineToDDF
     from common.metrics import mean_dice, percent_folding
