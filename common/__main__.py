@@ -338,61 +338,12 @@ def batch(
 
 
 def _download(name: str, index: str, bundle_dir: str, version: str | None) -> None:
-    import hashlib
-    import tempfile
-    import urllib.request
-    import zipfile
+    from common.engines.bundle_download import BundleDownloadError, download_bundle
 
     try:
-        with urllib.request.urlopen(index, timeout=60) as resp:
-            entries = json.loads(resp.read().decode())
-    except (OSError, ValueError) as exc:
-        raise CLIError(f"{index}: cannot read the bundle index ({type(exc).__name__}: {exc}).") from None
-    found = {k.rsplit("_v", 1)[1]: v for k, v in entries.items() if k.rsplit("_v", 1)[0] == name}
-    if not found:
-        known = sorted({k.rsplit("_v", 1)[0] for k in entries})
-        raise CLIError(f"{index}: no bundle named {name!r} (index lists: {', '.join(known) or 'none'}).")
-
-    def key(v: str) -> tuple:
-        return tuple(int(p) if p.isdigit() else 0 for p in v.split("."))
-
-    version = version or max(found, key=key)
-    if version not in found:
-        raise CLIError(f"{index}: {name} has no version {version} (versions: {', '.join(sorted(found, key=key))}).")
-    entry = found[version]
-    target = Path(bundle_dir) / name
-    if target.exists():
-        raise CLIError(f"{target}: exists; remove it or choose another --bundle_dir.")
-    with tempfile.TemporaryDirectory() as tmp:
-        zpath = Path(tmp) / "bundle.zip"
-        try:
-            urllib.request.urlretrieve(entry["source"], zpath)
-        except OSError as exc:
-            raise CLIError(f"{entry['source']}: download failed ({exc}).") from None
-        digest = hashlib.sha256(zpath.read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            raise CLIError(f"{entry['source']}: sha256 {digest} differs from the index's {entry['sha256']}; refused.")
-        with zipfile.ZipFile(zpath) as zf:
-            bad = [n for n in zf.namelist() if not n.startswith(f"{name}/") or ".." in Path(n).parts]
-            if bad:
-                raise CLIError(f"{entry['source']}: unexpected paths in the zip ({bad[0]}); refused.")
-            zf.extractall(tmp)
-        Path(bundle_dir).mkdir(parents=True, exist_ok=True)
-        import shutil
-
-        shutil.move(str(Path(tmp) / name), str(target))
-    from monai.bundle import download_large_files
-
-    try:
-        download_large_files(bundle_path=str(target))  # weights, sha256 checked by MONAI
-    except Exception as exc:
-        import shutil
-
-        shutil.rmtree(target, ignore_errors=True)
-        raise CLIError(
-            f"{name}: weights download failed or did not match their sha256 ({exc}); nothing kept."
-        ) from None
-    print(f"{name} {version}: {target}")
+        download_bundle(name, index, bundle_dir, version)
+    except BundleDownloadError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def download(name: str, index: str, bundle_dir: str = "bundles_dl", version: str | None = None) -> None:
