@@ -11,9 +11,10 @@ inputs (errors start with the class name and show the shapes) and reduces throug
 from __future__ import annotations
 
 from common.losses._reduction import REDUCTIONS, reduce
-from common.losses.image import GlobalNCCLoss, LocalNCCLoss, MutualInformationLoss, NGFLoss, SSDLoss
+from common.losses.image import GlobalNCCLoss, LocalNCCLoss, NGFLoss, SSDLoss
 from common.losses.labels import LabelSSDLoss, SoftDiceLoss, soft_dice
 from common.losses.mind import MINDSSCLoss, mind_ssc
+from common.losses.mutual_information import MutualInformationLoss
 from common.losses.regularisers import BendingEnergyRegulariser, CurvatureRegulariser, GradientRegulariser
 
 __all__ = [
