@@ -78,7 +78,8 @@ def atlas_segment(
     from common.engines.bundle import run_bundle
     from common.geometry import world_map_ddf
     from common.io.convert import physical_affine_to_centred
-    from common.io.itk_field import itk_field_to_ddf, write_itk_affine, write_itk_displacement
+    from common.io.itk_affine import write_itk_affine
+    from common.io.itk_field import itk_field_to_ddf, write_itk_displacement
 
     t0 = time.perf_counter()
     image = Path(image)

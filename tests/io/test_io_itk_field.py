@@ -11,7 +11,7 @@ from io_geometry import OASIS_LIA, oblique_lia, smooth_field
 
 from common.io import (
     ImageReadError,
-    itk_field,
+    itk_affine,
     read_itk_affine,
     read_itk_displacement,
     write_itk_affine,
@@ -157,7 +157,7 @@ def test_failed_write_leaves_no_temp_file_and_keeps_old_file(tmp_path, monkeypat
     monkeypatch.setattr(itk, "imwrite", boom)
     with pytest.raises(RuntimeError, match="writer failed"):
         write_itk_displacement(torch.ones(1, 3, 4, 4, 4), OASIS_LIA, field_path)
-    monkeypatch.setattr(itk_field, "_tfm_text", boom)
+    monkeypatch.setattr(itk_affine, "_tfm_text", boom)
     with pytest.raises(RuntimeError, match="writer failed"):
         write_itk_affine(2 * torch.eye(3, 4)[None], OASIS_LIA, None, tfm_path, shape=(4, 4, 4))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -253,7 +253,7 @@ class AffineTransformFile:
     def __call__(self, item: dict, out_dir, geometry: dict) -> dict[str, str]:
         from pathlib import Path
 
-        from common.io.itk_field import write_itk_affine
+        from common.io.itk_affine import write_itk_affine
 
         pred = item["pred"]
         pred = pred.as_tensor() if hasattr(pred, "as_tensor") else pred
