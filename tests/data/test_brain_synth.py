@@ -11,6 +11,7 @@ from common.blocks import control_grid_shape, warp, warp_labels
 from common.data.brain import synth
 from common.data.brain.labels import BRAIN_EVAL_CODES
 from common.transforms import brain as T
+from common.transforms import brain_synthesis as S
 
 
 def tiny_label_map(n: int = 32) -> np.ndarray:
@@ -183,7 +184,7 @@ def test_t1_contrast_orders_tissues():
 def test_full_chain_outputs_and_metadata():
     lab = tiny_label_map()
     meta = MetaTensor(torch.from_numpy(lab.astype(np.float32))[None], affine=torch.diag(torch.tensor([2.0, 2, 2, 1])))
-    chain = T.synth_brain_transforms(deform_kwargs={"stride": 8})
+    chain = S.synth_brain_transforms(deform_kwargs={"stride": 8})
     chain.set_random_state(1)
     out = chain({"label": meta})
     img, labels = out["image"], out["label"]
@@ -231,7 +232,7 @@ def test_synth_pair_shares_contrast_only_when_asked(shared):
     other = np.flip(lab, axis=2).copy()  # a different subject: same tissues, other places
     data = {"moving_label": torch.from_numpy(lab.astype(np.float32))[None],
             "fixed_label": torch.from_numpy(other.astype(np.float32))[None]}  # fmt: skip
-    pair = T.RandSynthPaird(shared_contrast=shared, spacing=2.0)
+    pair = S.RandSynthPaird(shared_contrast=shared, spacing=2.0)
     pair.set_random_state(3)
     gaps = []
     for _ in range(6):
@@ -256,4 +257,4 @@ def test_synth_pair_shares_contrast_only_when_asked(shared):
 
 def test_synth_pair_names_a_missing_label_map():
     with pytest.raises(KeyError, match="fixed_label"):
-        T.RandSynthPaird()({"moving_label": torch.zeros(1, 8, 8, 8)})
+        S.RandSynthPaird()({"moving_label": torch.zeros(1, 8, 8, 8)})

@@ -7,7 +7,7 @@ NEVER used for training: :func:`split_label_maps` puts them only in validation/t
 Pipeline per map: native 256^3 label map -> affine to the template (:func:`common.data.brain.align.affine_align`
 in label mode, computed once and cached as an ITK ``.tfm``) -> FreeSurfer-coded label maps on the 1 mm
 (160x192x224) and 2 mm (80x96x112) template grids. Training images are synthesised on the fly from
-these maps (:func:`common.transforms.brain.synth_brain_transforms`); validation/test use a fixed set of
+these maps (:func:`common.transforms.brain_synthesis.synth_brain_transforms`); validation/test use a fixed set of
 synthetic pairs written once by :func:`synthesize_pair`.
 """
 
@@ -186,7 +186,7 @@ def synthesize_pair(
         ``moving_image``/``fixed_image`` (float32, [0, 1], background 0) and ``moving_label``/``fixed_label``
         (uint16 FreeSurfer codes of the evaluation set).
     """
-    from common.transforms.brain import synth_brain_transforms
+    from common.transforms.brain_synthesis import synth_brain_transforms
 
     out: dict[str, np.ndarray] = {}
     for i, (role, lab) in enumerate((("moving", moving_labels), ("fixed", fixed_labels))):
@@ -245,7 +245,7 @@ def training_transforms(
     """
     from monai.transforms import Compose, LoadImaged
 
-    from common.transforms.brain import synth_brain_transforms
+    from common.transforms.brain_synthesis import synth_brain_transforms
     from common.transforms.pairs import StackPaird, paired_random_crop
 
     chain: list = [LoadImaged(["moving_label", "fixed_label"], image_only=True, ensure_channel_first=True)]
