@@ -88,12 +88,12 @@ def test_other_components_differ_from_the_affine_part(tmp_path, component):
 
 
 def test_a_failing_affine_export_leaves_no_half_written_pair_folder(tmp_path, monkeypatch):
-    import common.io.itk_field
+    import common.io.itk_affine
 
     def full_disk(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(common.io.itk_field, "write_itk_affine", full_disk)
+    monkeypatch.setattr(common.io.itk_affine, "write_itk_affine", full_disk)
     files = _pair(tmp_path, (26, 30, 36))
     with pytest.raises(Exception) as info:  # MONAI's config runner wraps the error
         _infer(tmp_path, files, _checkpoint(tmp_path), "total")
