@@ -1,6 +1,6 @@
-"""Atlas-based segmentation with a registration bundle (what the MONAI Label app serves to 3D Slicer).
+"""Pair registration and atlas-based segmentation with a registration bundle (what the MONAI Label app serves).
 
-The shipped atlas (template T1 + 32-structure labels, see :func:`common.data.brain.build_template`) is
+:func:`register_pair` registers any two T1s; :func:`atlas_segment` is the pair (atlas -> image). The shipped atlas (template T1 + 32-structure labels, see :func:`common.data.brain.build_template`) is
 registered to the user's image in two steps:
 
 1. ITK affine (Mattes MI) of the atlas T1 to the image; the atlas T1 and labels are resampled onto the
@@ -28,7 +28,7 @@ import numpy as np
 from common.io.convert import spacing_from_affine
 from common.io.nifti import ImageReadError, atomic_path, read_nifti, write_nifti
 
-__all__ = ["atlas_segment", "default_atlas"]
+__all__ = ["atlas_segment", "default_atlas", "register_pair"]
 
 
 def default_atlas(resolution: int = 1) -> tuple[Path, Path]:
@@ -45,6 +45,127 @@ def _pyramid(spacing: tuple[float, ...]) -> tuple[int, int]:
     return (2 * f, f)
 
 
+def register_pair(
+    moving: str | os.PathLike,
+    fixed: str | os.PathLike,
+    bundle: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    moving_labels: str | os.PathLike | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    record_name: str = "registration.json",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Register ``moving`` to ``fixed`` (two T1s in any orientation and spacing): ITK affine, then ``bundle``.
+
+    Writes into ``out_dir``, on the fixed image's grid: ``warped.nii.gz`` (the moving image), ``labels.nii.gz``
+    (``moving_labels`` propagated, when given), ``displacement_itk.nii.gz`` (the whole map, affine + deformable,
+    ITK displacement field in LPS mm from fixed points to moving points: Slicer loads it as a transform),
+    ``affine.tfm`` (the affine part) and ``record_name`` (what was done, timings).
+
+    Returns:
+        dict with the written paths (``warped``, ``labels`` when given, ``displacement``, ``affine``, ``record``)
+        and the timings ``affine_seconds``, ``bundle_seconds``, ``total_seconds``.
+
+    Raises:
+        ImageReadError: unreadable, non-3D, NaN/Inf or constant image (the message names the file).
+        FileExistsError: outputs exist and ``overwrite`` is False.
+    """
+    from common.engines.bundle import run_bundle
+
+    t0 = time.perf_counter()
+    fixed, out = Path(fixed), Path(out_dir)
+    names = {"warped": "warped.nii.gz", "displacement": "displacement_itk.nii.gz", "affine": "affine.tfm",
+             "record": record_name}  # fmt: skip
+    if moving_labels is not None:
+        names["labels"] = "labels.nii.gz"
+    existing = [n for n in names.values() if (out / n).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"register_pair: {out} already holds {existing}; pass overwrite=True to replace them.")
+    arr, aff = _read_usable(fixed)
+    moving_aff = _read_usable(Path(moving))[1]
+    aligned = _affine(moving, fixed, moving_labels, arr.shape, aff)
+    t_affine = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="register_") as tmp_dir:
+        tmp = Path(tmp_dir)
+        inputs = {"moving": str(write_nifti(aligned.image.astype(np.float32), aff, tmp / "moving.nii.gz"))}
+        if moving_labels is not None:
+            inputs["moving_label"] = str(write_nifti(aligned.labels.astype(np.int16), aff, tmp / "labels.nii.gz"))
+        t1 = time.perf_counter()
+        run_bundle(Path(bundle), "inference", "infer", fixed=str(fixed), output_dir=str(tmp / "out"), device=device,
+                   overwrite=True, **inputs, **overrides)  # fmt: skip
+        t_bundle = time.perf_counter() - t1
+        written = _collect(tmp / "out", Path(bundle), fixed, arr.shape, aff, aligned, moving_aff, out, names)
+    t_total = time.perf_counter() - t0
+    record = {
+        "moving": str(moving),
+        "fixed": str(fixed),
+        "moving_labels": str(moving_labels) if moving_labels is not None else None,
+        "bundle": Path(bundle).name,
+        "affine_seconds": round(t_affine, 2),
+        "bundle_seconds": round(t_bundle, 2),
+        "total_seconds": round(t_total, 2),
+        "outputs": {k: str(v) for k, v in written.items()},
+    }
+    if "labels" in written:
+        labels = np.asarray(read_nifti(written["labels"], ndim=3, dtype=None)[0])
+        record["labels_present"] = sorted(int(v) for v in np.unique(labels) if v > 0)
+    with atomic_path(out / names["record"]) as tmp_path:
+        tmp_path.write_text(json.dumps(record, indent=1))
+    written["record"] = out / names["record"]
+    return {**{k: str(v) for k, v in written.items()}, **{k: record[k] for k in record if k.endswith("seconds")}}
+
+
+def _read_usable(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    arr, aff = read_nifti(path, ndim=3)
+    if float(arr.max() - arr.min()) <= 0:
+        raise ImageReadError(f"{path}: the image is constant; there is nothing to register.")
+    return arr, aff
+
+
+def _affine(moving: Any, fixed: Path, moving_labels: Any, shape: tuple[int, ...], aff: np.ndarray) -> Any:
+    """ITK affine of ``moving`` to ``fixed``, resampled onto the fixed image's own grid."""
+    from common.data.brain.align import affine_align
+    from common.data.brain.template import Grid
+
+    grid = Grid(tuple(int(s) for s in shape), aff)
+    return affine_align(str(moving), str(fixed), moving_labels=None if moving_labels is None else str(moving_labels),
+                        grid=grid, levels=_pyramid(spacing_from_affine(aff, 3)), iterations=(300, 100))  # fmt: skip
+
+
+def _collect(bundle_out: Path, bundle: Path, fixed: Path, shape: tuple[int, ...], aff: np.ndarray, aligned: Any,
+             moving_aff: np.ndarray, out: Path, names: dict[str, str]) -> dict[str, Path]:  # fmt: skip
+    """Check the bundle's outputs are on the fixed grid and write the final ones (total map = affine + field)."""
+    import itk
+
+    from common.geometry import world_map_ddf
+    from common.io.convert import physical_affine_to_centred
+    from common.io.itk_affine import write_itk_affine
+    from common.io.itk_field import itk_field_to_ddf, write_itk_displacement
+
+    pair_dirs = [p for p in bundle_out.iterdir() if p.is_dir()]
+    if len(pair_dirs) != 1:
+        raise RuntimeError(f"register_pair: bundle {bundle} wrote {len(pair_dirs)} pair folders, expected 1.")
+    pair = pair_dirs[0]
+    warped, warped_aff = read_nifti(pair / "warped.nii.gz", ndim=3)
+    ddf, _ = itk_field_to_ddf(itk.imread(str(pair / "displacement_itk.nii.gz")))
+    if warped.shape != shape or not np.allclose(warped_aff, aff, atol=1e-4) or ddf.shape[2:] != shape:
+        raise RuntimeError(f"register_pair: bundle {bundle} outputs are not on the image grid of {fixed}.")
+    # total map: fixed voxel i -> i + u(i) (fixed grid) -> world -> moving world (affine) -> moving voxel
+    total = world_map_ddf(aligned.world, aff, shape, target_affine=moving_aff, pre_ddf=ddf[0].numpy())[None]
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"warped": write_nifti(warped, aff, out / names["warped"])}
+    if "labels" in names:
+        labels = read_nifti(pair / "warped_label.nii.gz", ndim=3)[0]
+        written["labels"] = write_nifti(np.rint(labels).astype(np.int16), aff, out / names["labels"])
+    written["displacement"] = write_itk_displacement(total, aff, out / names["displacement"], moving_affine=moving_aff)
+    written["affine"] = write_itk_affine(
+        physical_affine_to_centred(aligned.world, shape, aff, moving_aff, lps=False)[0],
+        aff, moving_aff, out / names["affine"], shape=shape,
+    )  # fmt: skip
+    return written
+
+
 def atlas_segment(
     image: str | os.PathLike,
     bundle: str | os.PathLike,
@@ -55,7 +176,7 @@ def atlas_segment(
     overwrite: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Segment a skull-stripped brain T1 by registering the atlas to it with ``bundle``.
+    """Segment a skull-stripped brain T1 by registering the atlas to it with ``bundle`` (:func:`register_pair`).
 
     Args:
         image: the user's 3D T1 (NIfTI), any orientation and spacing.
@@ -67,86 +188,14 @@ def atlas_segment(
         overrides: extra bundle config overrides (e.g. instance-optimisation iterations of a bundle that has them).
 
     Returns:
-        dict with the written paths (``labels``, ``displacement``, ``affine``, ``record``) and timings.
+        dict with the written paths (``labels``: FreeSurfer codes, ``warped``: the atlas T1, ``displacement``,
+        ``affine``, ``record`` = ``atlas.json``) and timings.
 
     Raises:
         ImageReadError: unreadable or non-3D image (the message names the file).
         FileExistsError: outputs exist and ``overwrite`` is False.
     """
-    from common.data.brain.align import affine_align
-    from common.data.brain.template import Grid
-    from common.engines.bundle import run_bundle
-    from common.geometry import world_map_ddf
-    from common.io.convert import physical_affine_to_centred
-    from common.io.itk_affine import write_itk_affine
-    from common.io.itk_field import itk_field_to_ddf, write_itk_displacement
-
-    t0 = time.perf_counter()
-    image = Path(image)
-    out = Path(out_dir)
-    names = {"labels": "labels.nii.gz", "displacement": "displacement_itk.nii.gz", "affine": "affine.tfm",
-             "record": "atlas.json"}  # fmt: skip
-    existing = [n for n in names.values() if (out / n).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"atlas_segment: {out} already holds {existing}; pass overwrite=True to replace them.")
-    arr, aff = read_nifti(image, ndim=3)
-    if not np.isfinite(arr).all():
-        raise ImageReadError(f"atlas_segment: {image}: the image holds NaN/Inf voxels.")
-    if float(arr.max() - arr.min()) <= 0:
-        raise ImageReadError(f"atlas_segment: {image}: the image is constant; there is nothing to register.")
     if atlas_image is None or atlas_labels is None:
         atlas_image, atlas_labels = default_atlas(1)
-    atlas_arr, atlas_aff = read_nifti(atlas_image, ndim=3)
-    grid = Grid(tuple(int(s) for s in arr.shape), aff)
-    spacing = spacing_from_affine(aff, 3)
-    levels = _pyramid(spacing)
-    # affine: the image is the fixed side, so the atlas is resampled onto the image's own grid
-    aligned = affine_align(str(atlas_image), str(image), moving_labels=str(atlas_labels), grid=grid,
-                           levels=levels, iterations=(300, 100))  # fmt: skip
-    t_affine = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory(prefix="atlas_") as tmp_dir:
-        tmp = Path(tmp_dir)
-        moving = write_nifti(aligned.image.astype(np.float32), aff, tmp / "atlas_t1.nii.gz")
-        moving_label = write_nifti(aligned.labels.astype(np.int16), aff, tmp / "atlas_labels.nii.gz")
-        t1 = time.perf_counter()
-        run_bundle(Path(bundle), "inference", "infer", moving=str(moving), fixed=str(image),
-                   moving_label=str(moving_label), output_dir=str(tmp / "out"), device=device, overwrite=True,
-                   **overrides)  # fmt: skip
-        t_bundle = time.perf_counter() - t1
-        pair_dirs = [p for p in (tmp / "out").iterdir() if p.is_dir()]
-        if len(pair_dirs) != 1:
-            raise RuntimeError(f"atlas_segment: bundle {bundle} wrote {len(pair_dirs)} pair folders, expected 1.")
-        pair = pair_dirs[0]
-        labels, lab_aff = read_nifti(pair / "warped_label.nii.gz", ndim=3)
-        import itk
-
-        ddf, field_aff = itk_field_to_ddf(itk.imread(str(pair / "displacement_itk.nii.gz")))
-        if labels.shape != arr.shape or not np.allclose(lab_aff, aff, atol=1e-4) or ddf.shape[2:] != arr.shape:
-            raise RuntimeError(f"atlas_segment: bundle {bundle} outputs are not on the image grid of {image}.")
-        # total map: image voxel i -> i + u(i) (image grid) -> world -> atlas world (affine) -> atlas voxel
-        total = world_map_ddf(aligned.world, aff, arr.shape, target_affine=atlas_aff, pre_ddf=ddf[0].numpy())[None]
-        out.mkdir(parents=True, exist_ok=True)
-        written = {
-            "labels": write_nifti(np.rint(labels).astype(np.int16), aff, out / names["labels"]),
-            "displacement": write_itk_displacement(total, aff, out / names["displacement"], moving_affine=atlas_aff),
-            "affine": write_itk_affine(
-                physical_affine_to_centred(aligned.world, arr.shape, aff, atlas_aff, lps=False)[0],
-                aff, atlas_aff, out / names["affine"], shape=arr.shape,
-            ),
-        }  # fmt: skip
-    present = sorted(int(v) for v in np.unique(labels) if v > 0)
-    record = {
-        "image": str(image),
-        "bundle": Path(bundle).name,
-        "atlas_image": str(atlas_image),
-        "atlas_labels": str(atlas_labels),
-        "affine_seconds": round(t_affine, 2),
-        "bundle_seconds": round(t_bundle, 2),
-        "total_seconds": round(time.perf_counter() - t0, 2),
-        "labels_present": present,
-        "outputs": {k: str(v) for k, v in written.items()},
-    }
-    with atomic_path(out / names["record"]) as tmp_path:
-        tmp_path.write_text(json.dumps(record, indent=1))
-    written["record"] = out / names["record"]
-    return {**{k: str(v) for k, v in written.items()}, **{k: record[k] for k in record if k.endswith("seconds")}}
+    return register_pair(atlas_image, image, bundle, out_dir, moving_labels=atlas_labels, device=device,
+                         overwrite=overwrite, record_name="atlas.json", **overrides)  # fmt: skip

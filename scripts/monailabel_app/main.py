@@ -1,19 +1,28 @@
-"""MONAI Label app: atlas-based brain segmentation with the zoo's 3D registration bundles.
+"""MONAI Label app: atlas segmentation and pair registration with the zoo's 3D registration bundles.
 
-Start it from the label environment (``make label-env``)::
+Start it from the label environment (``make label-env``), as printed in the README::
 
-    .venv-label/bin/monailabel start_server --app scripts/monailabel_app --studies <folder of T1 .nii.gz> \
-        --conf models hybrid_loss            # or "all", or a comma-separated list of bundle names
+    .venv-label/bin/python -m monailabel.main start_server --app scripts/monailabel_app \
+        --studies <folder of T1 .nii.gz> --conf models hybrid_loss   # or "all", or a comma-separated list
 
-Each served model registers the project's atlas (template T1 + 32 FreeSurfer-coded structures, built from the
-``deepmriprep`` PyPI wheel, see data/README.md) to the requested image and returns the propagated atlas labels;
-the displacement (ITK field, LPS mm) and the affine (.tfm) are written next to them under
-``<app>/outputs/<model>/<image id>/`` and named in the response's params. In 3D Slicer's MONAI Label module the
-models appear as segmentation models.
+Models, per bundle (``<name>`` = bundle name without ``brain_mri_``):
+
+* ``<name>`` (segmentation): registers the project's atlas (template T1 + 32 FreeSurfer structures, built from
+  the ``deepmriprep`` PyPI wheel, see data/README.md) to the image and returns its labels as values 1..32 in the
+  order of the names published in ``/info/`` (what 3D Slicer's MONAI Label module expects).
+* ``register_<name>`` (others): registers the datastore image named by the parameter ``moving`` to the image and
+  returns the warped moving image.
+
+Each result's files (labels, warped image, the whole transform as an ITK displacement field in LPS mm, the affine
+``.tfm``, a JSON record) are kept in ``<outputs_dir>/<model>/<image>/`` and served at
+``/registration/outputs/<model>/<image>/<file>`` (the URLs are in the response's ``params["downloads"]``); the
+atlas at ``/registration/atlas/{t1,labels,labels_freesurfer}``. Uploads that are not a usable 3D image or label
+are refused (400 with the reason); unknown models and images get 404.
 
 ``--conf`` keys: ``models`` (default ``all``: every bundle under ``bundles/`` with a 3D ``inference.json`` and
-trained weights), ``device`` (default ``cpu``; ``cuda`` when available), ``bundles_dir`` (default the
-repository's ``bundles/``).
+trained weights), ``device`` (default ``cpu``), ``bundles_dir`` (default the repository's ``bundles/``),
+``outputs_dir`` (default ``<studies>/registration_outputs``), ``outputs_max_gb`` (default 2: the oldest results
+are deleted beyond it).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 APP_DIR = Path(__file__).resolve().parent
 REPO = APP_DIR.parents[1]
@@ -29,10 +39,35 @@ for p in (str(REPO), str(APP_DIR)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from lib.infer import AtlasRegistrationInfer, find_bundles  # noqa: E402
+from lib.infer import AtlasRegistrationInfer, PairRegistrationInfer, bad_request, find_bundles  # noqa: E402
+from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
+from common.engines.label_app import check_image_upload, check_label_upload  # noqa: E402
+from common.io.nifti import ImageReadError  # noqa: E402
+
 logger = logging.getLogger(__name__)
+
+
+class CheckedDatastore(LocalDatastore):
+    """The local datastore, refusing uploads that are not a usable 3D image / a label map on the image's grid."""
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        try:
+            check_image_upload(image_filename, name=image_id or None)
+        except ImageReadError as exc:
+            raise bad_request(str(exc)) from None
+        return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        image = self.get_image_uri(image_id)
+        if not image:
+            raise bad_request(f"label for {image_id!r}: no such image in the datastore.", 404)
+        try:
+            check_label_upload(label_filename, image, name=f"label of {image_id}")
+        except ImageReadError as exc:
+            raise bad_request(str(exc)) from None
+        return super().save_label(image_id, label_filename, label_tag, label_info)
 
 
 class RegistrationZooApp(MONAILabelApp):
@@ -40,21 +75,46 @@ class RegistrationZooApp(MONAILabelApp):
         self.bundles_dir = Path(conf.get("bundles_dir", str(REPO / "bundles")))
         self.device = conf.get("device", "cpu")
         self.bundles = find_bundles(self.bundles_dir, conf.get("models", "all"))
+        local = not str(studies).startswith(("http://", "https://"))
+        default_out = Path(studies) / "registration_outputs" if local else Path(app_dir) / "registration_outputs"
+        self.outputs_root = Path(conf.get("outputs_dir", str(default_out))).resolve()
+        self.outputs_max_bytes = int(float(conf.get("outputs_max_gb", 2)) * 1024**3)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
-            name="MONAI registration zoo: atlas segmentation",
-            description="Registers a brain atlas to the image with a registration bundle and returns its labels.",
-            version="0.1.0",
+            name="MONAI registration zoo",
+            description="Atlas segmentation and pair registration with the zoo's registration bundles.",
+            version="0.2.0",
         )
+        self._install_routes()
+
+    def _install_routes(self) -> None:
+        try:
+            import monailabel.app as server_module
+        except Exception as exc:  # not under the server (e.g. the app used as a library)
+            logger.info(f"no MONAI Label server to extend ({exc})")
+            return
+        from lib.routes import install
+
+        install(server_module.app)
+
+    def init_datastore(self):
+        if str(self.studies).startswith(("http://", "https://")):
+            return super().init_datastore()
+        from monailabel.config import settings
+
+        return CheckedDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)  # fmt: skip
 
     def init_infers(self):
-        out_root = Path(self.app_dir) / "outputs"
         infers = {}
+        args = (self.outputs_root, self.outputs_max_bytes, self.device)
         for name, bundle in self.bundles.items():
-            infers[name] = AtlasRegistrationInfer(bundle, out_root / name, device=self.device)
-            logger.info(f"+++ serving bundle {bundle} as model '{name}'")
+            infers[name] = AtlasRegistrationInfer(bundle, name, *args)
+            infers[f"register_{name}"] = PairRegistrationInfer(bundle, f"register_{name}", *args)
+            logger.info(f"+++ serving bundle {bundle} as models '{name}' and 'register_{name}'")
         return infers
 
     def init_trainers(self):
@@ -65,6 +125,53 @@ class RegistrationZooApp(MONAILabelApp):
 
     def init_scoring_methods(self):
         return {}
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's infer with 404 for unknown models/images and the ``moving`` parameter resolved."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise bad_request(f"no model {model!r}; this server has {sorted(self._infers)}.", 404)
+        request = dict(request)
+        ds = datastore or self.datastore()
+        request["image_id"] = request.get("image")
+        self._resolve(request, "image", ds)
+        if model.startswith("register_"):
+            if not request.get("moving"):
+                raise bad_request(f"{model} needs the parameter 'moving': the datastore id of the moving image.")
+            request["moving_id"] = request["moving"]
+            self._resolve(request, "moving", ds)
+        return super().infer(request, datastore)
+
+    @staticmethod
+    def _resolve(request: dict[str, Any], key: str, datastore: Any) -> None:
+        value = request.get(key)
+        if not isinstance(value, str) or not value:
+            raise bad_request(f"no {key} given.")
+        if os.path.exists(value):
+            return
+        uri = datastore.get_image_uri(value)
+        if not uri:
+            raise bad_request(f"{key} {value!r} is not an image of the datastore.", 404)
+        if key != "image":  # MONAI Label resolves the image id itself
+            request[key] = uri
+
+    def atlas_file(self, which: str) -> Path:
+        """The atlas T1, its labels in the served values (1..32), or in FreeSurfer codes (written once)."""
+        from common.engines.atlas import default_atlas
+        from common.engines.label_app import to_slicer_values
+        from common.io.nifti import read_nifti, write_nifti
+
+        t1, labels = default_atlas(1)
+        if which == "t1":
+            return Path(t1)
+        if which == "labels_freesurfer":
+            return Path(labels)
+        path = self.outputs_root / "atlas_labels_1to32.nii.gz"
+        if not path.is_file():
+            arr, aff = read_nifti(labels, ndim=3, dtype=None)
+            self.outputs_root.mkdir(parents=True, exist_ok=True)
+            write_nifti(to_slicer_values(arr), aff, path)
+        return path
 
 
 if os.environ.get("MONAI_REG_ZOO_APP_DEBUG"):

@@ -87,3 +87,27 @@ def test_bad_images_are_refused_with_the_file_named(tmp_path):
     with pytest.raises(ImageReadError, match="nan.nii.gz.*NaN"):
         atlas_segment(nan, BUNDLE, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_register_pair_without_labels_writes_the_warped_moving_image_on_the_fixed_grid(result, tmp_path):
+    """Two images, no labels: the warped moving image is on the fixed grid and closer to it than unregistered."""
+    from common.engines.atlas import default_atlas, register_pair
+
+    atlas_t1 = default_atlas(1)[0]
+    r = register_pair(atlas_t1, result["image"], BUNDLE, tmp_path / "pair")
+    assert "labels" not in r and Path(r["record"]).name == "registration.json"
+    warped, fixed = nib.load(r["warped"]), nib.load(result["image"])
+    assert warped.shape == fixed.shape and np.allclose(warped.affine, fixed.affine, atol=1e-4)
+    a = nib.load(atlas_t1)
+    ident = np.linalg.inv(a.affine) @ fixed.affine  # same world points, no registration
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in fixed.shape], indexing="ij")).reshape(3, -1)
+    none = map_coordinates(np.asarray(a.dataobj, np.float32), ident[:3, :3] @ idx + ident[:3, 3:4], order=1)
+
+    def ncc(x, y):
+        x, y = np.ravel(x) - np.mean(x), np.ravel(y) - np.mean(y)
+        return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+    f = np.asarray(fixed.dataobj, np.float32)
+    after, before = ncc(np.asarray(warped.dataobj), f), ncc(none, f)
+    assert after > 0.9 and after > before + 0.2, (after, before)
+    assert json.loads(Path(r["record"]).read_text())["moving_labels"] is None

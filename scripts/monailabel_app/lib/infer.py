@@ -1,4 +1,15 @@
-"""The MONAI Label inference task of the app: atlas registration with one bundle (see ``main.py``)."""
+"""The MONAI Label inference tasks of the app (see ``main.py``).
+
+* :class:`AtlasRegistrationInfer` (model ``<bundle>``, a segmentation model in Slicer): registers the atlas to
+  the image and returns the propagated labels in the values Slicer's module expects (1..32, see
+  :mod:`common.engines.label_app`); ``label_values: "freesurfer"`` returns FreeSurfer codes instead.
+* :class:`PairRegistrationInfer` (model ``register_<bundle>``): registers the datastore image ``moving`` (a
+  request parameter) to the requested image and returns the warped moving image.
+
+Both keep their outputs (transform included) in ``<outputs root>/<model>/<image>/`` and name their download URLs
+(``/registration/outputs/...``, see ``routes.py``) in the response's params. User errors raise
+``fastapi.HTTPException`` with a 4xx status and the reason.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +19,28 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from common.data.brain.labels import BRAIN_EVAL_LABELS
-from common.engines.atlas import atlas_segment
+from common.engines.atlas import atlas_segment, register_pair
 from common.engines.bundle import bundle_metadata, is_trained, trained_bundles
+from common.engines.label_app import prune_outputs, slicer_label_names, to_slicer_values
+from common.io.nifti import ImageReadError, read_nifti, write_nifti
 
 logger = logging.getLogger(__name__)
 
+#: files a client may download from a result folder (``routes.py``)
+DOWNLOADABLE = ("labels.nii.gz", "warped.nii.gz", "displacement_itk.nii.gz", "affine.tfm", "atlas.json",
+                "registration.json")  # fmt: skip
 
-def _model_name(bundle: Path) -> str:
+
+def model_name(bundle: Path) -> str:
     return bundle.name[len("brain_mri_") :] if bundle.name.startswith("brain_mri_") else bundle.name
 
 
@@ -32,7 +50,7 @@ def find_bundles(bundles_dir: Path, models: str = "all") -> dict[str, Path]:
     Model names are the bundle names without the ``brain_mri_`` prefix (either spelling is accepted in
     ``models``). Raises ``ValueError`` naming unknown or untrained bundles.
     """
-    available = {_model_name(b): b for b in trained_bundles(bundles_dir, dims=3)}
+    available = {model_name(b): b for b in trained_bundles(bundles_dir, dims=3)}
     untrained = [b.parent.parent.name for b in sorted(Path(bundles_dir).glob("*/configs/inference.json"))
                  if not is_trained(b.parent.parent)]  # fmt: skip
     if models.strip() in ("", "all"):
@@ -43,7 +61,7 @@ def find_bundles(bundles_dir: Path, models: str = "all") -> dict[str, Path]:
     chosen = {}
     for raw in models.split(","):
         name = raw.strip()
-        key = _model_name(Path(name))
+        key = model_name(Path(name))
         if key not in available:
             raise ValueError(f"monailabel app: --conf models: '{name}' is not a 3D bundle with trained weights under "
                              f"{bundles_dir}; available: {sorted(available)}, without weights: {untrained}.")  # fmt: skip
@@ -51,73 +69,167 @@ def find_bundles(bundles_dir: Path, models: str = "all") -> dict[str, Path]:
     return chosen
 
 
-class AtlasRegistrationInfer(InferTask):
-    """Register the atlas to ``request["image"]`` with a bundle; the result is the propagated label map."""
+def bad_request(message: str, status: int = 400) -> HTTPException:
+    logger.warning(f"refused ({status}): {message}")
+    return HTTPException(status_code=status, detail=message)
 
-    def __init__(self, bundle: Path, out_root: Path, device: str = "cpu"):
-        meta = bundle_metadata(bundle)
-        labels = {name: int(code) for code, name in BRAIN_EVAL_LABELS.items()}
-        super().__init__(
-            type=InferType.SEGMENTATION,
-            labels=labels,
-            dimension=3,
-            description=f"Atlas segmentation by registration with {meta.get('name', bundle.name)} "
-            f"v{meta.get('version', '?')} (skull-stripped T1).",
-            config={"device": device, "instance_iterations": 0},
-        )
-        self.bundle, self.out_root, self.device = Path(bundle), Path(out_root), device
+
+class _BundleTask(InferTask):
+    """Shared parts: overrides from the request, one inference at a time per model, output folders."""
+
+    def __init__(self, bundle: Path, name: str, out_root: Path, max_bytes: int, device: str, **kwargs: Any):
+        super().__init__(dimension=3, config={"device": device, "instance_iterations": 0}, **kwargs)
+        self.bundle, self.name, self.out_root = Path(bundle), name, Path(out_root)
+        self.max_bytes, self.device = max_bytes, device
+        self._lock = threading.Lock()
 
     def is_valid(self) -> bool:
         return (self.bundle / "models" / "model.pt").is_file()
 
-    def _overrides(self, request: dict[str, Any]) -> dict[str, Any]:
-        overrides: dict[str, Any] = {}
+    def overrides(self, request: dict[str, Any]) -> dict[str, Any]:
         iters = request.get("instance_iterations", 0)
         try:
             iters = int(iters)
         except (TypeError, ValueError):
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT,
-                                      f"instance_iterations must be an integer, got {iters!r}.") from None  # fmt: skip
-        if iters:
-            cfg = json.loads((self.bundle / "configs" / "inference.json").read_text())
-            if "instance_iterations" not in cfg:
-                raise MONAILabelException(MONAILabelError.INVALID_INPUT,
-                                          f"{self.bundle.name} has no instance optimisation; use 0.")  # fmt: skip
-            overrides["instance_iterations"] = iters
-        return overrides
+            raise bad_request(f"instance_iterations must be an integer, got {iters!r}.") from None
+        if iters < 0:
+            raise bad_request(f"instance_iterations must be 0 or more, got {iters}.")
+        if not iters:
+            return {}
+        cfg = json.loads((self.bundle / "configs" / "inference.json").read_text())
+        if "instance_iterations" not in cfg:
+            raise bad_request(f"{self.bundle.name} has no instance optimisation; use instance_iterations 0.")
+        return {"instance_iterations": iters}
 
-    def __call__(self, request: dict[str, Any]):
-        image = request.get("image")
-        if not isinstance(image, str) or not Path(image).is_file():
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"image {image!r} is not a file.")
+    def device_of(self, request: dict[str, Any]) -> str:
         device = str(request.get("device", self.device) or self.device)
         if device.startswith("cuda"):
             import torch
 
             if not torch.cuda.is_available():
-                device = "cpu"
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(image).name.split(".")[0]) or "image"
-        out = self.out_root / stem
-        t0 = time.perf_counter()
-        try:
-            result = atlas_segment(image, self.bundle, out, device=device, overwrite=True, **self._overrides(request))
-        except MONAILabelException:
-            raise
-        except (ValueError, OSError, RuntimeError) as exc:  # ImageReadError is a ValueError
-            logger.error(f"atlas registration failed for {image}: {exc}")
-            raise MONAILabelException(MONAILabelError.INFERENCE_ERROR, f"{Path(image).name}: {exc}") from exc
-        # MONAI Label moves/deletes the returned file: hand it a copy, keep ours next to the displacement
-        fd, tmp = tempfile.mkstemp(suffix=".nii.gz", prefix="atlas_labels_")
+                return "cpu"
+        return device
+
+    def image_path(self, request: dict[str, Any], key: str = "image") -> Path:
+        image = request.get(key)
+        if not isinstance(image, str) or not image or not Path(image).is_file():
+            raise bad_request(f"{key} {request.get(key + '_id', image)!r} is not an image of the datastore.", 404)
+        return Path(image)
+
+    def out_dir(self, image: Path) -> Path:
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", image.name.split(".")[0]) or "image"
+        return self.out_root / self.name / stem
+
+    def run(self, fn: Any, image: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """``fn(*args, out, **kwargs)`` under the model's lock; bad images -> 400, then prune the outputs root."""
+        with self._lock:
+            try:
+                result = fn(*args, out, **kwargs)
+            except ImageReadError as exc:
+                raise bad_request(str(exc).replace(str(image.parent) + os.sep, "")) from None
+            except (ValueError, OSError, RuntimeError) as exc:
+                logger.error(f"{self.name} failed for {image}: {exc}")
+                raise HTTPException(status_code=500, detail=f"{self.name}: {image.name}: {exc}") from exc
+            prune_outputs(self.out_root, self.max_bytes, keep=out)
+        return result
+
+    def returned_file(self, prefix: str) -> str:
+        """A new file for MONAI Label to send and delete, in the app's own folder: a client on the same machine
+        saves the answer under ``<its tmpdir>/<same name>`` (``/tmp`` by default), which a file in ``/tmp`` would
+        have the server delete under the client."""
+        folder = self.out_root / ".returned"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".nii.gz", prefix=prefix, dir=folder)
         os.close(fd)
-        shutil.copyfile(result["labels"], tmp)
+        return tmp
+
+    def urls(self, out: Path, names: list[str]) -> dict[str, str]:
+        rel = out.relative_to(self.out_root).as_posix()
+        return {n: f"/registration/outputs/{rel}/{n}" for n in names if (out / n).is_file()}
+
+
+class AtlasRegistrationInfer(_BundleTask):
+    """Register the atlas to ``request["image"]`` with a bundle; the result is the propagated label map."""
+
+    def __init__(self, bundle: Path, name: str, out_root: Path, max_bytes: int, device: str = "cpu"):
+        meta = bundle_metadata(bundle)
+        super().__init__(
+            bundle, name, out_root, max_bytes, device,
+            type=InferType.SEGMENTATION,
+            labels=slicer_label_names(),
+            description=f"Atlas segmentation by registration with {meta.get('name', bundle.name)} "
+            f"v{meta.get('version', '?')} (skull-stripped T1).",
+        )  # fmt: skip
+
+    def __call__(self, request: dict[str, Any]):
+        t0 = time.perf_counter()
+        image = self.image_path(request)
+        values = str(request.get("label_values", "slicer")).lower()
+        if values not in ("slicer", "freesurfer"):
+            raise bad_request(f"label_values must be 'slicer' (1..32) or 'freesurfer', got {values!r}.")
+        out = self.out_dir(image)
+        overrides, device = self.overrides(request), self.device_of(request)
+        r = self.run(atlas_segment, image, out, image, self.bundle, device=device, overwrite=True, **overrides)
+        t1 = time.perf_counter()
+        labels, affine = read_nifti(r["labels"], ndim=3, dtype=None)
+        if values == "slicer":
+            labels = to_slicer_values(labels)
+        # MONAI Label moves/deletes the returned file: hand it a copy, keep ours next to the transform
+        tmp = self.returned_file("atlas_labels_")
+        write_nifti(labels.astype("uint8" if values == "slicer" else "int16"), affine, tmp)
+        names = slicer_label_names()
         params = {
             "bundle": self.bundle.name,
-            "labels_file": result["labels"],
-            "displacement": result["displacement"],
-            "affine": result["affine"],
+            "label_values": values,
+            "label_names": names if values == "slicer" else {n: c for c, n in BRAIN_EVAL_LABELS.items()},
+            "label_codes": {n: c for c, n in BRAIN_EVAL_LABELS.items()},
+            "downloads": {
+                **self.urls(out, list(DOWNLOADABLE)),
+                "atlas_t1": "/registration/atlas/t1",
+                "atlas_labels": "/registration/atlas/labels",
+            },  # fmt: skip
             "latencies": {
-                "affine": result["affine_seconds"],
-                "bundle": result["bundle_seconds"],
+                "affine": r["affine_seconds"],
+                "bundle": r["bundle_seconds"],
+                "label_file": round(time.perf_counter() - t1, 2),
+                "total": round(time.perf_counter() - t0, 2),
+            },  # fmt: skip
+        }
+        return tmp, params
+
+
+class PairRegistrationInfer(_BundleTask):
+    """Register the datastore image ``moving`` (request parameter) to ``request["image"]``; returns it warped."""
+
+    def __init__(self, bundle: Path, name: str, out_root: Path, max_bytes: int, device: str = "cpu"):
+        meta = bundle_metadata(bundle)
+        super().__init__(
+            bundle, name, out_root, max_bytes, device,
+            type=InferType.OTHERS,
+            labels=[],
+            description=f"Registers the datastore image `moving` (a parameter) to this image with "
+            f"{meta.get('name', bundle.name)} v{meta.get('version', '?')}; returns the warped moving image.",
+        )  # fmt: skip
+        self._config["moving"] = ""
+
+    def __call__(self, request: dict[str, Any]):
+        t0 = time.perf_counter()
+        fixed = self.image_path(request)
+        moving = self.image_path(request, "moving")
+        out = self.out_dir(fixed).with_name(f"{self.out_dir(moving).name}_to_{self.out_dir(fixed).name}")
+        overrides, device = self.overrides(request), self.device_of(request)
+        r = self.run(register_pair, fixed, out, moving, fixed, self.bundle, device=device, overwrite=True,
+                     **overrides)  # fmt: skip
+        tmp = self.returned_file("warped_")
+        shutil.copyfile(r["warped"], tmp)
+        params = {
+            "bundle": self.bundle.name,
+            "moving": request.get("moving_id"),
+            "fixed": request.get("image_id"),
+            "downloads": self.urls(out, list(DOWNLOADABLE)),
+            "latencies": {
+                "affine": r["affine_seconds"],
+                "bundle": r["bundle_seconds"],
                 "total": round(time.perf_counter() - t0, 2),
             },  # fmt: skip
         }
