@@ -22,7 +22,11 @@ are refused (400 with the reason); unknown models and images get 404.
 ``--conf`` keys: ``models`` (default ``all``: every bundle under ``bundles/`` with a 3D ``inference.json`` and
 trained weights), ``device`` (default ``cpu``), ``bundles_dir`` (default the repository's ``bundles/``),
 ``outputs_dir`` (default ``<studies>/registration_outputs``), ``outputs_max_gb`` (default 2: the oldest results
-are deleted beyond it).
+are deleted beyond it), ``models_dir`` (default ``<studies>/registration_models``: fine-tuned weights).
+
+Training (``/train/<name>``, Slicer's *Train*): fine-tunes the bundle's network on the datastore's images
+(``lib/train.py``); the model serves the new weights afterwards. Active learning: MONAI Label's ``random`` and
+``first`` strategies (``/activelearning/<strategy>``, Slicer's *Next Sample*).
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ class RegistrationZooApp(MONAILabelApp):
         default_out = Path(studies) / "registration_outputs" if local else Path(app_dir) / "registration_outputs"
         self.outputs_root = Path(conf.get("outputs_dir", str(default_out))).resolve()
         self.outputs_max_bytes = int(float(conf.get("outputs_max_gb", 2)) * 1024**3)
+        default_models = Path(studies) / "registration_models" if local else Path(app_dir) / "registration_models"
+        self.models_dir = Path(conf.get("models_dir", str(default_models))).resolve()
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -126,14 +132,23 @@ class RegistrationZooApp(MONAILabelApp):
         for name, bundle in self.bundles.items():
             infers[name] = AtlasRegistrationInfer(bundle, name, *args)
             infers[f"register_{name}"] = PairRegistrationInfer(bundle, f"register_{name}", *args)
+            for task in (infers[name], infers[f"register_{name}"]):
+                task.models_dir = self.models_dir
             logger.info(f"+++ serving bundle {bundle} as models '{name}' and 'register_{name}'")
         return infers
 
     def init_trainers(self):
-        return {}
+        from lib.train import FineTuneTrain
+
+        return {
+            name: FineTuneTrain(bundle, name, self.models_dir, self.device) for name, bundle in self.bundles.items()
+        }
 
     def init_strategies(self):
-        return {}
+        from monailabel.tasks.activelearning.first import First
+        from monailabel.tasks.activelearning.random import Random
+
+        return {"random": Random(), "first": First()}
 
     def init_scoring_methods(self):
         return {}

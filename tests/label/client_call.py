@@ -31,6 +31,12 @@ def main() -> None:
             result = client.save_label(**kwargs)
         elif op == "datastore":
             result = client.datastore()
+        elif op == "train_start":
+            result = client.train_start(**kwargs)
+        elif op == "train_status":
+            result = client.train_status(**kwargs)
+        elif op == "next_sample":
+            result = client.next_sample(**kwargs)
         else:
             raise SystemExit(f"unknown op {op}")
     except Exception as exc:  # the client raises MONAILabelClientException with "Status: ...; Response: ..."

@@ -303,3 +303,33 @@ def test_the_server_answers_info_while_an_inference_runs(server, tmp_path):
     labels, ref = nib.load(tmp_path / "demo_labels.nii.gz"), nib.load(ROOT / "data" / "demo" / "fixed_t1.nii.gz")
     assert labels.shape == ref.shape and np.allclose(labels.affine, ref.affine, atol=1e-3)
     assert len(np.unique(np.asarray(labels.dataobj))) >= 30  # background + nearly all 32 structures
+
+
+def test_next_sample_strategies_pick_datastore_images(server):
+    images = set(_client(server, "datastore")["result"]["objects"])
+    for strategy in ("random", "first"):
+        answer = _client(server, "next_sample", strategy=strategy, params={})
+        assert answer["ok"] and answer["result"]["id"] in images, answer
+
+
+def test_fine_tuning_through_the_client_changes_the_weights_lowers_the_loss_and_is_served(server, tmp_path):
+    """Last in the file: afterwards the model serves the fine-tuned weights."""
+    params = {"max_iterations": 4, "max_pairs": 4}
+    started = _client(server, "train_start", model="hybrid_loss", params=params)
+    assert started["ok"], started
+    t0, status = time.time(), None
+    while time.time() - t0 < 900:
+        status = _client(server, "train_status")["result"]
+        if status.get("status") in ("DONE", "ERROR"):
+            break
+        time.sleep(5)
+    assert status and status.get("status") == "DONE", (status, server["log"].read_text()[-3000:])
+    stats = _client(server, "info")["result"]["train_stats"]["hybrid_loss"]
+    print(f"fine-tune through the client: {stats}")
+    assert stats["iterations"] == 4 and stats["pairs"] == 4 and stats["tensors_changed"] > 0
+    assert stats["loss_after"] < stats["loss_before"], stats
+    weights = server["studies"] / "registration_models" / "hybrid_loss" / "model.pt"
+    assert weights.is_file()
+    answer = _client(server, "infer", model="hybrid_loss", image_id="moved_atlas", params={},
+                     dest=str(tmp_path / "l.nii.gz"))  # fmt: skip
+    assert answer["ok"] and answer["result"]["params"]["weights"] == str(weights.resolve()), answer

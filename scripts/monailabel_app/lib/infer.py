@@ -81,7 +81,15 @@ class _BundleTask(InferTask):
         super().__init__(dimension=3, config={"device": device, "instance_iterations": 0}, **kwargs)
         self.bundle, self.name, self.out_root = Path(bundle), name, Path(out_root)
         self.max_bytes, self.device = max_bytes, device
+        self.models_dir: Path | None = None  # set by the app: fine-tuned weights of model_name(bundle) live there
         self._lock = threading.Lock()
+
+    def weights(self) -> Path:
+        """The weights served: the last fine-tune's (``<models_dir>/<model>/model.pt``), else the bundle's."""
+        from .train import fine_tuned_weights
+
+        tuned = fine_tuned_weights(self.models_dir, model_name(self.bundle)) if self.models_dir else None
+        return tuned or self.bundle / "models" / "model.pt"
 
     def is_valid(self) -> bool:
         return (self.bundle / "models" / "model.pt").is_file()
@@ -94,12 +102,13 @@ class _BundleTask(InferTask):
             raise bad_request(f"instance_iterations must be an integer, got {iters!r}.") from None
         if iters < 0:
             raise bad_request(f"instance_iterations must be 0 or more, got {iters}.")
+        overrides: dict[str, Any] = {"ckpt_path": str(self.weights())}
         if not iters:
-            return {}
+            return overrides
         cfg = json.loads((self.bundle / "configs" / "inference.json").read_text())
         if "instance_iterations" not in cfg:
             raise bad_request(f"{self.bundle.name} has no instance optimisation; use instance_iterations 0.")
-        return {"instance_iterations": iters}
+        return {**overrides, "instance_iterations": iters}
 
     def device_of(self, request: dict[str, Any]) -> str:
         device = str(request.get("device", self.device) or self.device)
@@ -180,6 +189,7 @@ class AtlasRegistrationInfer(_BundleTask):
         names = slicer_label_names()
         params = {
             "bundle": self.bundle.name,
+            "weights": overrides["ckpt_path"],
             "label_values": values,
             "label_names": names if values == "slicer" else {n: c for c, n in BRAIN_EVAL_LABELS.items()},
             "label_codes": {n: c for c, n in BRAIN_EVAL_LABELS.items()},
@@ -224,6 +234,7 @@ class PairRegistrationInfer(_BundleTask):
         shutil.copyfile(r["warped"], tmp)
         params = {
             "bundle": self.bundle.name,
+            "weights": overrides["ckpt_path"],
             "moving": request.get("moving_id"),
             "fixed": request.get("image_id"),
             "downloads": self.urls(out, list(DOWNLOADABLE)),
