@@ -94,8 +94,13 @@ def test_register_pair_without_labels_writes_the_warped_moving_image_on_the_fixe
     from common.engines.atlas import default_atlas, register_pair
 
     atlas_t1 = default_atlas(1)[0]
-    r = register_pair(atlas_t1, result["image"], BUNDLE, tmp_path / "pair")
+    r = register_pair(atlas_t1, result["image"], BUNDLE, tmp_path / "pair", defer_transform=True)
     assert "labels" not in r and Path(r["record"]).name == "registration.json"
+    full = r.pop("pending").result(timeout=300)  # the transform files, written in the background
+    assert {k: full[k] for k in r if not k.endswith("seconds")} == {
+        k: v for k, v in r.items() if not k.endswith("seconds")
+    }
+    assert Path(full["displacement"]).is_file() and Path(full["affine"]).is_file()
     warped, fixed = nib.load(r["warped"]), nib.load(result["image"])
     assert warped.shape == fixed.shape and np.allclose(warped.affine, fixed.affine, atol=1e-4)
     a = nib.load(atlas_t1)

@@ -35,6 +35,9 @@ from common.io.nifti import ImageReadError, read_nifti, write_nifti
 
 logger = logging.getLogger(__name__)
 
+#: result folder -> Future of its transform files being written (``run``; a download waits for it)
+PENDING: dict[str, Any] = {}
+
 #: files a client may download from a result folder (``routes.py``)
 DOWNLOADABLE = ("labels.nii.gz", "warped.nii.gz", "displacement_itk.nii.gz", "affine.tfm", "atlas.json",
                 "registration.json")  # fmt: skip
@@ -130,16 +133,22 @@ class _BundleTask(InferTask):
         return self.out_root / self.name / stem
 
     def run(self, fn: Any, image: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """``fn(*args, out, **kwargs)`` under the model's lock; bad images -> 400, then prune the outputs root."""
+        """``fn(*args, out, defer_transform=True, **kwargs)`` under the model's lock; bad images -> 400.
+
+        The transform files are written in the background (:data:`PENDING` holds the writer's Future per result
+        folder; a download waits for it); the outputs root is pruned once they are written.
+        """
         with self._lock:
             try:
-                result = fn(*args, out, **kwargs)
+                result = fn(*args, out, defer_transform=True, **kwargs)
             except ImageReadError as exc:
                 raise bad_request(str(exc).replace(str(image.parent) + os.sep, "")) from None
             except (ValueError, OSError, RuntimeError) as exc:
                 logger.error(f"{self.name} failed for {image}: {exc}")
                 raise HTTPException(status_code=500, detail=f"{self.name}: {image.name}: {exc}") from exc
-            prune_outputs(self.out_root, self.max_bytes, keep=out)
+        pending = result.pop("pending")
+        PENDING[str(out.resolve())] = pending
+        pending.add_done_callback(lambda _: prune_outputs(self.out_root, self.max_bytes, keep=out))
         return result
 
     def returned_file(self, prefix: str) -> str:
@@ -152,9 +161,11 @@ class _BundleTask(InferTask):
         os.close(fd)
         return tmp
 
-    def urls(self, out: Path, names: list[str]) -> dict[str, str]:
+    def urls(self, out: Path, result: dict[str, Any]) -> dict[str, str]:
+        """Download URLs of a result's files (the transform's may still be being written: a download waits)."""
         rel = out.relative_to(self.out_root).as_posix()
-        return {n: f"/registration/outputs/{rel}/{n}" for n in names if (out / n).is_file()}
+        names = [Path(v).name for k, v in result.items() if not k.endswith("seconds")]
+        return {n: f"/registration/outputs/{rel}/{n}" for n in names if n in DOWNLOADABLE}
 
 
 class AtlasRegistrationInfer(_BundleTask):
@@ -194,7 +205,7 @@ class AtlasRegistrationInfer(_BundleTask):
             "label_names": names if values == "slicer" else {n: c for c, n in BRAIN_EVAL_LABELS.items()},
             "label_codes": {n: c for c, n in BRAIN_EVAL_LABELS.items()},
             "downloads": {
-                **self.urls(out, list(DOWNLOADABLE)),
+                **self.urls(out, r),
                 "atlas_t1": "/registration/atlas/t1",
                 "atlas_labels": "/registration/atlas/labels",
             },  # fmt: skip
@@ -237,7 +248,7 @@ class PairRegistrationInfer(_BundleTask):
             "weights": overrides["ckpt_path"],
             "moving": request.get("moving_id"),
             "fixed": request.get("image_id"),
-            "downloads": self.urls(out, list(DOWNLOADABLE)),
+            "downloads": self.urls(out, r),
             "latencies": {
                 "affine": r["affine_seconds"],
                 "bundle": r["bundle_seconds"],

@@ -29,7 +29,7 @@ from monailabel.interfaces.utils.app import app_instance
 from common.engines.label_app import check_image_upload
 from common.io.nifti import ImageReadError
 
-from .infer import DOWNLOADABLE
+from .infer import DOWNLOADABLE, PENDING
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,13 @@ def build_router() -> APIRouter:
         if name not in DOWNLOADABLE or any(s in (model + folder) for s in ("/", "\\", "..")):
             raise HTTPException(status_code=404, detail=f"{name!r} is not a result file ({', '.join(DOWNLOADABLE)}).")
         path = root / model / folder / name
+        pending = PENDING.get(str(path.parent.resolve()))
+        if pending is not None:  # the transform of the last click may still be being written
+            try:
+                await run_in_threadpool(pending.result)
+            except Exception as exc:
+                detail = f"{model}/{folder}: writing the transform failed: {exc}"
+                raise HTTPException(status_code=500, detail=detail) from None
         if not path.is_file():
             raise HTTPException(status_code=404, detail=f"no result {model}/{folder}/{name}: run the model first.")
         return FileResponse(path, filename=f"{folder}_{name}")
