@@ -98,8 +98,6 @@ def register_pair(
         ImageReadError: unreadable, non-3D, NaN/Inf or constant image (the message names the file).
         FileExistsError: outputs exist and ``overwrite`` is False.
     """
-    from common.engines.bundle import run_bundle
-
     t0 = time.perf_counter()
     fixed, out = Path(fixed), Path(out_dir)
     names = {"warped": "warped.nii.gz", "displacement": "displacement_itk.nii.gz", "affine": "affine.tfm",
@@ -113,17 +111,9 @@ def register_pair(
     moving_aff = _read_usable(Path(moving))[1]
     aligned = _affine(moving, fixed, moving_labels, arr.shape, aff)
     t_affine = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory(prefix="register_") as tmp_dir:
-        tmp = Path(tmp_dir)  # uncompressed: read once by the bundle
-        inputs = {"moving": str(write_nifti(aligned.image.astype(np.float32), aff, tmp / "moving.nii"))}
-        if moving_labels is not None:
-            inputs["moving_label"] = str(write_nifti(aligned.labels.astype(np.int16), aff, tmp / "labels.nii"))
-        t1 = time.perf_counter()
-        overrides = {"outputs": "warped,labels,itk", **overrides}  # what is used below: no QC figure, metrics
-        run_bundle(Path(bundle), "inference", "infer", fixed=str(fixed), output_dir=str(tmp / "out"), device=device,
-                   overwrite=True, **inputs, **overrides)  # fmt: skip
-        t_bundle = time.perf_counter() - t1
-        written, ddf = _collect(tmp / "out", Path(bundle), fixed, arr.shape, aff, out, names)
+    t1 = time.perf_counter()
+    written, ddf = _bundle_step(aligned, fixed, Path(bundle), arr.shape, aff, out, names, device, overrides)
+    t_bundle = time.perf_counter() - t1
     record = {
         "moving": str(moving),
         "fixed": str(fixed),
@@ -172,6 +162,22 @@ def _affine(moving: Any, fixed: Path, moving_labels: Any, shape: tuple[int, ...]
     grid = Grid(tuple(int(s) for s in shape), aff)
     return affine_align(str(moving), str(fixed), moving_labels=None if moving_labels is None else str(moving_labels),
                         grid=grid, levels=_pyramid(spacing_from_affine(aff, 3)), iterations=(300, 100))  # fmt: skip
+
+
+def _bundle_step(aligned: Any, fixed: Path, bundle: Path, shape: tuple[int, ...], aff: np.ndarray, out: Path,
+                 names: dict[str, str], device: str, overrides: dict[str, Any]) -> tuple[dict[str, Path], np.ndarray]:  # fmt: skip
+    """Run the bundle's ``inference.json`` on the pre-aligned moving image (and labels) and ``fixed``."""
+    from common.engines.bundle import run_bundle
+
+    with tempfile.TemporaryDirectory(prefix="register_") as tmp_dir:
+        tmp = Path(tmp_dir)  # uncompressed: read once by the bundle
+        inputs = {"moving": str(write_nifti(aligned.image.astype(np.float32), aff, tmp / "moving.nii"))}
+        if "labels" in names:
+            inputs["moving_label"] = str(write_nifti(aligned.labels.astype(np.int16), aff, tmp / "labels.nii"))
+        overrides = {"outputs": "warped,labels,itk", **overrides}  # what is used: no QC figure, no metrics
+        run_bundle(bundle, "inference", "infer", fixed=str(fixed), output_dir=str(tmp / "out"), device=device,
+                   overwrite=True, **inputs, **overrides)  # fmt: skip
+        return _collect(tmp / "out", bundle, fixed, shape, aff, out, names)
 
 
 def _collect(bundle_out: Path, bundle: Path, fixed: Path, shape: tuple[int, ...], aff: np.ndarray, out: Path,

@@ -118,6 +118,30 @@ def _mean_loss(network: torch.nn.Module, loss: torch.nn.Module, items: list[dict
     return float(np.mean(values))
 
 
+def _train(network: torch.nn.Module, loss: torch.nn.Module, full: list[dict], parts: dict[str, Any], iterations: int,
+           lr: float, crop: bool, seed: int, device: str) -> None:  # fmt: skip
+    """``iterations`` Adam steps with MONAI's ``SupervisedTrainer``, one random pair (whole, or a crop) per step."""
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.transforms import RandSpatialCropd
+
+    from common.engines.registration import PairPrepareBatch
+
+    keys = ["moving_image", "fixed_image", "moving_label", "fixed_label"]
+    cropper = RandSpatialCropd(keys, roi_size=parts["patch"], random_size=False, allow_missing_keys=True)
+    train_ds = Dataset(full, transform=cropper if crop and parts["patch"] else None)
+    sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=iterations,
+                                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    network.train()
+    trainer = SupervisedTrainer(
+        device=torch.device(device), max_epochs=1, epoch_length=iterations,
+        train_data_loader=DataLoader(train_ds, batch_size=1, sampler=sampler, num_workers=0),
+        network=network, optimizer=torch.optim.Adam(network.parameters(), lr=lr),
+        loss_function=loss, prepare_batch=PairPrepareBatch(), amp=False,
+    )  # fmt: skip
+    trainer.run()
+
+
 def finetune_bundle(
     bundle: str | os.PathLike,
     images: list[str],
@@ -147,12 +171,10 @@ def finetune_bundle(
         crop: train on random crops of the bundle's training ``patch_size`` (less memory) instead of whole pairs
             (default: whole pairs, the loss that is reported).
     """
-    from monai.data import CacheDataset, DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
-    from monai.transforms import Compose, RandSpatialCropd
+    from monai.data import CacheDataset
+    from monai.transforms import Compose
 
     from common.engines.pair_loading import LoadRegistrationPaird
-    from common.engines.registration import PairPrepareBatch
     from common.engines.training import load_state_dict_safely
 
     t0, bundle, out_path = time.perf_counter(), Path(bundle), Path(out_path)
@@ -172,19 +194,7 @@ def finetune_bundle(
         cached = CacheDataset(pairs, transform=load, progress=False)
         full = [cached[i] for i in range(len(cached))]
         loss_before = _mean_loss(network, loss, full, device)
-        crop_keys = ["moving_image", "fixed_image", "moving_label", "fixed_label"]
-        cropper = RandSpatialCropd(crop_keys, roi_size=parts["patch"], random_size=False, allow_missing_keys=True)
-        train_ds = Dataset(full, transform=cropper if crop and parts["patch"] else None)
-        sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=iterations,
-                                                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        network.train()
-        trainer = SupervisedTrainer(
-            device=torch.device(device), max_epochs=1, epoch_length=iterations,
-            train_data_loader=DataLoader(train_ds, batch_size=1, sampler=sampler, num_workers=0),
-            network=network, optimizer=torch.optim.Adam(network.parameters(), lr=lr or parts["lr"]),
-            loss_function=loss, prepare_batch=PairPrepareBatch(), amp=False,
-        )  # fmt: skip
-        trainer.run()
+        _train(network, loss, full, parts, iterations, lr or parts["lr"], crop, seed, device)
         loss_after = _mean_loss(network, loss, full, device)
     changed = sum(int(not torch.equal(before_state[k], v)) for k, v in network.state_dict().items())
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,8 +204,8 @@ def finetune_bundle(
         "bundle": bundle.name, "init": str(init), "weights": str(out_path), "images": [str(i) for i in images],
         "labelled": sum(lab is not None for lab in labels), "with_atlas": with_atlas, "pairs": len(pairs),
         "label_pairs": sum(bool(p["moving_label"] and p["fixed_label"]) for p in pairs),
-        "iterations": iterations, "crop": bool(crop and parts["patch"]), "lr": lr or parts["lr"], "loss_before": loss_before, "loss_after": loss_after,
-        "tensors_changed": changed, "seconds": round(time.perf_counter() - t0, 1),
+        "iterations": iterations, "crop": bool(crop and parts["patch"]), "lr": lr or parts["lr"],
+        "loss_before": loss_before, "loss_after": loss_after, "tensors_changed": changed, "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     with atomic_path(out_path.with_suffix(".json")) as tmp_path:
         tmp_path.write_text(json.dumps(record, indent=1))
