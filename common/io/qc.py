@@ -110,73 +110,38 @@ def save_qc_figure(
         ValueError: shapes that do not match, a field of the wrong dimension or channel count, NaN/Inf, not
             .png.
     """
-    from matplotlib.colors import ListedColormap, TwoSlopeNorm
+    from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise ValueError(f"{_CALLER}: `path` must end with .png, got {p}.")
-    f = _image(fixed, "fixed")
-    spatial = f.shape
-    imgs = {"fixed": f}
-    for name, arr in (("moving", moving), ("warped", warped)):
-        imgs[name] = _image(arr, name)
-        if imgs[name].shape != spatial:
-            raise ValueError(f"{_CALLER}: `{name}` has shape {imgs[name].shape} but `fixed` has {spatial}.")
-    ext = None
-    if extra is not None:
-        ext = _image(extra, "extra")
-        if ext.shape != spatial:
-            raise ValueError(f"{_CALLER}: `extra` has shape {ext.shape} but `fixed` has {spatial}.")
-    u = _field(ddf, spatial)
-    dims = len(spatial)
-    # explicit determinant in NumPy slabs (common.metrics): a fraction of the memory of torch.linalg.det
-    jac = jacobian_determinant(u[0].numpy()) if det is None else np.asarray(det)
-    if jac.shape != spatial:
-        raise ValueError(f"{_CALLER}: `det` has shape {jac.shape} but `fixed` has {spatial}.")
-    fold_pct = 100.0 * float((jac <= 0).mean())
-    jac = jac.astype(np.float32)  # display only (the sign survives the cast; fold_pct is from float64)
-    u = u[0].numpy().astype(np.float32)
-
+    imgs, ext, u, jac, fold_pct = _qc_inputs(fixed, moving, warped, ddf, extra, det)
+    f, spatial = imgs["fixed"], imgs["fixed"].shape
     both = np.concatenate([f.ravel(), imgs["moving"].ravel()])
     lo, hi = np.percentile(both, [1, 99])
     del both
     hi = hi if hi > lo else lo + 1.0
-    diff_before, diff_after = np.abs(f - imgs["moving"]), np.abs(f - imgs["warped"])
-    dmax = max(float(np.percentile(diff_before, 99.5)), 1e-12)
+    diffs = (np.abs(f - imgs["moving"]), np.abs(f - imgs["warped"]))
+    dmax = max(float(np.percentile(diffs[0], 99.5)), 1e-12)
     jnorm = TwoSlopeNorm(vmin=min(float(jac.min()), 0.0), vcenter=1.0, vmax=max(float(jac.max()), 2.0))
-    fold_cmap = ListedColormap(["#00c000"])
 
     cols = ["fixed", "moving", "warped", "|fixed - moving|", "|fixed - warped|", "grid on warped"]
     cols.append(f"det J (<=0: {fold_pct:.2f}%)")
     if ext is not None:
         cols.append(extra_label)
-    views = _views(dims, spatial)
+    views = _views(len(spatial), spatial)
     fig = Figure(figsize=(2.3 * len(cols), 2.4 * len(views) + 0.6), dpi=dpi)
     axes = fig.subplots(len(views), len(cols), squeeze=False)
     for r, (label, sl, (a, b)) in enumerate(views):
         row = axes[r]
         for c, name in enumerate(("fixed", "moving", "warped")):
             _show(row[c], imgs[name], sl, cmap="gray", vmin=lo, vmax=hi)
-        im_d = _show(row[3], diff_before, sl, cmap="inferno", vmin=0.0, vmax=dmax)
-        _show(row[4], diff_after, sl, cmap="inferno", vmin=0.0, vmax=dmax)
+        im_d = _show(row[3], diffs[0], sl, cmap="inferno", vmin=0.0, vmax=dmax)
+        _show(row[4], diffs[1], sl, cmap="inferno", vmin=0.0, vmax=dmax)
         _show(row[5], imgs["warped"], sl, cmap="gray", vmin=lo, vmax=hi, alpha=0.6)
-        ua, ub = u[a][sl], u[b][sl]
-        na, nb = ua.shape
-        ia, ib = np.meshgrid(np.arange(na), np.arange(nb), indexing="ij")
-        xa, xb = ia + ua, ib + ub
-        step_a, step_b = max(1, na // 16), max(1, nb // 16)
-        for i in range(0, na, step_a):
-            row[5].plot(xa[i, :], xb[i, :], color="tab:orange", lw=0.6)
-        for j in range(0, nb, step_b):
-            row[5].plot(xa[:, j], xb[:, j], color="tab:orange", lw=0.6)
-        row[5].set_xlim(-0.5, na - 0.5)
-        row[5].set_ylim(-0.5, nb - 0.5)
-        im_j = _show(row[6], jac, sl, cmap="RdBu_r", norm=jnorm)
-        folded = np.ma.masked_where(jac[sl] > 0, np.ones_like(jac[sl]))
-        row[6].imshow(folded.T, origin="lower", interpolation="nearest", cmap=fold_cmap, vmin=0, vmax=1)
-        if (jac[sl] <= 0).any() and min(na, nb) > 1:
-            row[6].contour(jac[sl].T, levels=[0.0], colors="k", linewidths=0.6)
+        _draw_grid(row[5], u[a][sl], u[b][sl])
+        im_j = _draw_jacobian(row[6], jac[sl], jnorm)
         if ext is not None:
             im_e = _show(row[7], ext, sl, cmap="magma")
             fig.colorbar(im_e, ax=row[7], fraction=0.046, pad=0.02)
@@ -197,3 +162,54 @@ def save_qc_figure(
     with atomic_path(p) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return p
+
+
+def _qc_inputs(fixed: Any, moving: Any, warped: Any, ddf: Any, extra: Any, det: Any) -> tuple:
+    """Checked arrays of :func:`save_qc_figure`: images, extra map, field (float32), det J (float32), % folding."""
+    f = _image(fixed, "fixed")
+    spatial = f.shape
+    imgs = {"fixed": f}
+    for name, arr in (("moving", moving), ("warped", warped)):
+        imgs[name] = _image(arr, name)
+        if imgs[name].shape != spatial:
+            raise ValueError(f"{_CALLER}: `{name}` has shape {imgs[name].shape} but `fixed` has {spatial}.")
+    ext = None
+    if extra is not None:
+        ext = _image(extra, "extra")
+        if ext.shape != spatial:
+            raise ValueError(f"{_CALLER}: `extra` has shape {ext.shape} but `fixed` has {spatial}.")
+    u = _field(ddf, spatial)
+    # explicit determinant in NumPy slabs (common.metrics): a fraction of the memory of torch.linalg.det
+    jac = jacobian_determinant(u[0].numpy()) if det is None else np.asarray(det)
+    if jac.shape != spatial:
+        raise ValueError(f"{_CALLER}: `det` has shape {jac.shape} but `fixed` has {spatial}.")
+    fold_pct = 100.0 * float((jac <= 0).mean())
+    jac = jac.astype(np.float32)  # display only (the sign survives the cast; fold_pct is from float64)
+    return imgs, ext, u[0].numpy().astype(np.float32), jac, fold_pct
+
+
+def _draw_grid(ax: Any, ua: np.ndarray, ub: np.ndarray) -> None:
+    """The deformed grid ``x + u(x)`` of one slice, every ~1/16 of the slice, over what ``ax`` shows."""
+    na, nb = ua.shape
+    ia, ib = np.meshgrid(np.arange(na), np.arange(nb), indexing="ij")
+    xa, xb = ia + ua, ib + ub
+    step_a, step_b = max(1, na // 16), max(1, nb // 16)
+    for i in range(0, na, step_a):
+        ax.plot(xa[i, :], xb[i, :], color="tab:orange", lw=0.6)
+    for j in range(0, nb, step_b):
+        ax.plot(xa[:, j], xb[:, j], color="tab:orange", lw=0.6)
+    ax.set_xlim(-0.5, na - 0.5)
+    ax.set_ylim(-0.5, nb - 0.5)
+
+
+def _draw_jacobian(ax: Any, jac: np.ndarray, norm: Any) -> Any:
+    """det J of one slice (diverging, centred at 1), folding filled in green and outlined; returns the image."""
+    from matplotlib.colors import ListedColormap
+
+    im = ax.imshow(jac.T, origin="lower", interpolation="nearest", cmap="RdBu_r", norm=norm)
+    folded = np.ma.masked_where(jac > 0, np.ones_like(jac))
+    ax.imshow(folded.T, origin="lower", interpolation="nearest", cmap=ListedColormap(["#00c000"]), vmin=0, vmax=1)
+    na, nb = jac.shape
+    if (jac <= 0).any() and min(na, nb) > 1:
+        ax.contour(jac.T, levels=[0.0], colors="k", linewidths=0.6)
+    return im
