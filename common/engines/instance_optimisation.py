@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,24 @@ def _as_levels(levels: Sequence[int] | int) -> tuple[int, ...]:
             f"InstanceOptimiser: levels must be factors >= 1, coarse to fine (e.g. [4, 2, 1]), got {levels}."
         )
     return out
+
+
+def _per_level(value: float | Sequence[float], n: int, valid: Callable[[float], bool], message: str) -> list:
+    """One number for every level or one per level, each ``valid``; else ``ValueError(message)``."""
+    values = [value] * n if isinstance(value, (int, float)) else list(value)
+    if len(values) != n or not all(valid(v) for v in values):
+        raise ValueError(message)
+    return values
+
+
+def _similarities(losses: list[str | nn.Module], ncc_kernel: int) -> tuple[list[str], list[nn.Module | None]]:
+    """Per level: the similarity's kind (``lncc``/``mind``/``ssd``/``module``) and its module (None for MIND)."""
+    bad = [loss for loss in losses if isinstance(loss, str) and loss not in SIMILARITIES]
+    if bad:
+        raise ValueError(f"InstanceOptimiser: unknown image_loss {bad[0]!r}; use one of {SIMILARITIES} or a module.")
+    made = {"ssd": SSDLoss, "lncc": lambda: LocalNCCLoss(kernel_size=ncc_kernel), "mind": lambda: None}
+    kinds = [loss if isinstance(loss, str) else "module" for loss in losses]
+    return kinds, [made[loss]() if isinstance(loss, str) else loss for loss in losses]
 
 
 class InstanceOptimiser:
@@ -130,52 +149,30 @@ class InstanceOptimiser:
     ) -> None:
         name = "InstanceOptimiser"
         self.levels = _as_levels(levels)
-        iters = [iterations] * len(self.levels) if isinstance(iterations, (int, float)) else list(iterations)
-        if len(iters) != len(self.levels) or any(int(i) != i or i < 0 for i in iters):
-            raise ValueError(
-                f"{name}: iterations must be an integer >= 0 or one per level ({len(self.levels)}), got {iterations}."
-            )
+        n = len(self.levels)
+        iters = _per_level(iterations, n, lambda i: int(i) == i and i >= 0,
+                           f"{name}: iterations must be an integer >= 0 or one per level ({n}), got {iterations}.")  # fmt: skip
         self.iterations = [int(i) for i in iters]
-        factors = [grid_factor] * len(self.levels) if isinstance(grid_factor, (int, float)) else list(grid_factor)
-        if len(factors) != len(self.levels) or any(int(g) != g or g < 1 for g in factors):
-            raise ValueError(
-                f"{name}: grid_factor must be an integer >= 1 or one per level ({len(self.levels)}), got {grid_factor}."
-            )
+        factors = _per_level(grid_factor, n, lambda g: int(g) == g and g >= 1,
+                             f"{name}: grid_factor must be an integer >= 1 or one per level ({n}), got {grid_factor}.")  # fmt: skip
         if not lr > 0:
             raise ValueError(f"{name}: lr must be > 0, got {lr}.")
-        counts = [samples] * len(self.levels) if isinstance(samples, (int, float)) else list(samples)
-        if smoothing < 0 or len(counts) != len(self.levels) or any(int(c) != c or c < 0 for c in counts):
-            raise ValueError(
-                f"{name}: smoothing must be >= 0 and samples an integer >= 0 or one per level "
-                f"({len(self.levels)}), got {smoothing}, {samples}."
-            )
+        counts = _per_level(samples, n, lambda c: int(c) == c and c >= 0 and smoothing >= 0,
+                            f"{name}: smoothing must be >= 0 and samples an integer >= 0 or one per level "
+                            f"({n}), got {smoothing}, {samples}.")  # fmt: skip
         if int(patch_size) != patch_size or patch_size <= ncc_kernel:
             raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({ncc_kernel}), got {patch_size}.")
-        losses = list(image_loss) if isinstance(image_loss, (list, tuple)) else [image_loss] * len(self.levels)
-        if len(losses) != len(self.levels):
-            raise ValueError(
-                f"{name}: image_loss must be one loss or one per level ({len(self.levels)}), got {image_loss}."
-            )
-        self.kinds: list[str] = []
-        self.similarities: list[nn.Module | None] = []
-        for loss in losses:
-            if isinstance(loss, str):
-                if loss not in SIMILARITIES:
-                    raise ValueError(f"{name}: unknown image_loss {loss!r}; use one of {SIMILARITIES} or a module.")
-                module = LocalNCCLoss(kernel_size=ncc_kernel) if loss == "lncc" else None
-                self.kinds.append(loss)
-                self.similarities.append(SSDLoss() if loss == "ssd" else module)
-            else:
-                self.kinds.append("module")
-                self.similarities.append(loss)
+        losses = list(image_loss) if isinstance(image_loss, (list, tuple)) else [image_loss] * n
+        if len(losses) != n:
+            raise ValueError(f"{name}: image_loss must be one loss or one per level ({n}), got {image_loss}.")
+        self.kinds, self.similarities = _similarities(losses, ncc_kernel)
         if isinstance(regulariser, str):
             if regulariser not in REGULARISERS:
                 raise ValueError(f"{name}: unknown regulariser {regulariser!r}; use one of {REGULARISERS} or a module.")
             regulariser = GradientRegulariser("l2") if regulariser == "diffusion" else BendingEnergyRegulariser()
         self.regulariser = regulariser
-        weights = [reg_weight] * len(self.levels) if isinstance(reg_weight, (int, float)) else list(reg_weight)
-        if len(weights) != len(self.levels) or any(not float(w) >= 0 for w in weights):
-            raise ValueError(f"{name}: reg_weight must be >= 0, one number or one per level, got {reg_weight}.")
+        weights = _per_level(reg_weight, n, lambda w: float(w) >= 0,
+                             f"{name}: reg_weight must be >= 0, one number or one per level, got {reg_weight}.")  # fmt: skip
         self.reg_weights = [float(w) for w in weights]
         self.lr = float(lr)
         self.grid_factors, self.smoothing = [int(g) for g in factors], int(smoothing)
@@ -283,7 +280,6 @@ class InstanceOptimiser:
         bar = tqdm(total=self.total_iterations, desc="instance optimisation", disable=not self.progress, leave=False)
         step = 0
         for level, (factor, iterations) in enumerate(zip(self.levels, self.iterations)):
-            kind, similarity = self.kinds[level], self.similarities[level]
             if iterations == 0 and factor != 1:
                 continue
             mov_l, fix_l, shape = self._level_images(moving, fixed, factor)
@@ -291,47 +287,7 @@ class InstanceOptimiser:
             if iterations == 0:
                 total = init_l
                 continue
-            with torch.no_grad():
-                feat_m, feat_f = self._features(mov_l, kind), self._features(fix_l, kind)
-            params = torch.zeros(1, dims, *self._param_shape(shape, level), dtype=moving.dtype, device=moving.device)
-            params.requires_grad_(True)
-            init_p = None
-            if init_l is not None and self.integrator is None and self.bspline is None and self.regularise_total:
-                init_p = resize_flow(init_l, params.shape[2:])  # regularise the total field on the parameter grid
-            optimiser = torch.optim.Adam([params], lr=self.lr)
-            samples = self.samples[level]
-            sampled = kind in _POINTWISE and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
-            cubes = (
-                kind == "lncc" and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
-                and min(shape) >= self.patch_size
-            )  # fmt: skip
-            foreground = foreground_indices(feat_m, feat_f) if cubes else None
-            if kind == "lncc" and not cubes:  # same value as LocalNCCLoss; fixed statistics once, analytic gradient
-                similarity = FixedImageLNCC(feat_f, self.ncc_kernel)
-            for _ in range(iterations):
-                optimiser.zero_grad(set_to_none=True)
-                if cubes:
-                    sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples)
-                elif sampled:
-                    sim = sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, samples)
-                else:
-                    sim = self._dense_similarity(params, shape, init_l, feat_m, feat_f, kind, similarity)
-                reg_field = self._residual(params)
-                if init_p is not None:
-                    reg_field = reg_field + init_p
-                loss = sim + self.reg_weights[level] * self.regulariser(reg_field)
-                loss.backward()
-                optimiser.step()
-                value = float(loss.detach())
-                self.history.append(value)
-                bar.update(1)
-                bar.set_postfix(level=factor, loss=f"{value:.4f}")
-                if callback is not None:
-                    callback(step, value)
-                step += 1
-            with torch.no_grad():
-                total = self.field(params.detach(), shape, init_l).detach()
-            del feat_m, feat_f, params
+            total, step = self._optimise_level(level, mov_l, fix_l, shape, init_l, generator, bar, callback, step)
         bar.close()
         out = torch.zeros(1, dims, *size, dtype=moving.dtype, device=moving.device) if total is None else total
         out = resize_flow(out, size).detach()
@@ -343,6 +299,54 @@ class InstanceOptimiser:
             out = out[(..., *[slice(r, r + s) for s in size])].contiguous()
         self.seconds = time.perf_counter() - start
         return out
+
+    def _optimise_level(self, level: int, mov_l: torch.Tensor, fix_l: torch.Tensor, shape: tuple[int, ...],
+                        init_l: torch.Tensor | None, generator: torch.Generator, bar: Any,
+                        callback: Callable[[int, float], None] | None, step: int) -> tuple[torch.Tensor, int]:  # fmt: skip
+        """Adam on one level's parameters; returns the level's total field and the step count so far."""
+        kind, similarity = self.kinds[level], self.similarities[level]
+        factor, iterations, dims = self.levels[level], self.iterations[level], len(shape)
+        with torch.no_grad():
+            feat_m, feat_f = self._features(mov_l, kind), self._features(fix_l, kind)
+        params = torch.zeros(1, dims, *self._param_shape(shape, level), dtype=mov_l.dtype, device=mov_l.device)
+        params.requires_grad_(True)
+        init_p = None
+        if init_l is not None and self.integrator is None and self.bspline is None and self.regularise_total:
+            init_p = resize_flow(init_l, params.shape[2:])  # regularise the total field on the parameter grid
+        optimiser = torch.optim.Adam([params], lr=self.lr)
+        samples = self.samples[level]
+        sampled = kind in _POINTWISE and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
+        cubes = (
+            kind == "lncc" and self.bspline is None and 0 < samples < feat_f[0, 0].numel()
+            and min(shape) >= self.patch_size
+        )  # fmt: skip
+        foreground = foreground_indices(feat_m, feat_f) if cubes else None
+        if kind == "lncc" and not cubes:  # same value as LocalNCCLoss; fixed statistics once, analytic gradient
+            similarity = FixedImageLNCC(feat_f, self.ncc_kernel)
+        for _ in range(iterations):
+            optimiser.zero_grad(set_to_none=True)
+            if cubes:
+                sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples)
+            elif sampled:
+                sim = sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, samples)
+            else:
+                sim = self._dense_similarity(params, shape, init_l, feat_m, feat_f, kind, similarity)
+            reg_field = self._residual(params)
+            if init_p is not None:
+                reg_field = reg_field + init_p
+            loss = sim + self.reg_weights[level] * self.regulariser(reg_field)
+            loss.backward()
+            optimiser.step()
+            value = float(loss.detach())
+            self.history.append(value)
+            bar.update(1)
+            bar.set_postfix(level=factor, loss=f"{value:.4f}")
+            if callback is not None:
+                callback(step, value)
+            step += 1
+        with torch.no_grad():
+            total = self.field(params.detach(), shape, init_l).detach()
+        return total, step
 
     def _dense_similarity(self, params, shape, init_l, feat_m, feat_f, kind, similarity) -> torch.Tensor:
         warped = warp(feat_m, self.field(params, shape, init_l))
