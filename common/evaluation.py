@@ -223,13 +223,19 @@ def evaluate_bundle(
                          **{k: m.get(k) for k in SUMMARY_KEYS},
                          **{k: m.get(k) for k in EXTRA_KEYS},
                          "dice_per_label": json.dumps({str(k): round(float(v), 4) for k, v in m["dice_per_label"].items()})})  # fmt: skip
+    return _write_results(rows, out_dir, f"Pairs: {len(pairs)} ({section} of {datalist}); mean ± sd over pairs.",
+                          run_info, len(pairs))  # fmt: skip
+
+
+def _write_results(rows: list[dict], out_dir: Path, head: str, run_info: dict | None, n_pairs: int) -> str:
+    """``results.csv`` (one row per pair and method) and ``summary.md`` (mean ± sd per method) of a run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     lines = [
-        f"Pairs: {len(pairs)} ({section} of {datalist}); mean ± sd over pairs.",
+        head,
         "",
         markdown_table(
             ["method", "Dice", "HD95 (mm)", "SDlogJ", "NDV (%)", "det J ≤ 0 (%)", "time / pair (s)"],
@@ -240,7 +246,7 @@ def evaluate_bundle(
         ),
     ]
     if run_info:
-        lines += ["", f"Bundle run: {run_info['wall_s']:.1f} s wall for {len(pairs)} pairs (incl. start-up and "
+        lines += ["", f"Bundle run: {run_info['wall_s']:.1f} s wall for {n_pairs} pairs (incl. start-up and "
                       f"writing all outputs), peak RSS {run_info['peak_rss_gib']:.2f} GiB."]  # fmt: skip
     return write_report(out_dir / "summary.md", lines)
 

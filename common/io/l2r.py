@@ -130,26 +130,10 @@ def write_l2r_displacement(
     # float64 only for the half-resolution interpolation (float32 -> float64 -> float32 is exact: skipped otherwise)
     t = t.detach().to("cpu", torch.float64 if half_resolution or t.dtype == torch.float64 else torch.float32)
     aff = np.eye(4) if affine is None else as_affine(affine, 3, "affine", caller)  # NIfTI affines are 4x4
-    shape = tuple(int(s) for s in t.shape[2:])
     if half_resolution:
-        if any(s % 2 for s in shape):
-            raise ValueError(f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {tuple(ddf.shape)}.")
-        half = tuple(s // 2 for s in shape)
-        mode = "bilinear" if dims == 2 else "trilinear"
-        t = F.interpolate(t, size=half, mode=mode, align_corners=ALIGN_CORNERS)  # values stay full-res voxels
-        # half-grid voxel i sits at full-grid voxel i * (n - 1) / (m - 1)
-        scale = np.ones(aff.shape[0])
-        scale[:dims] = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, half)]
-        aff = aff @ np.diag(scale)
+        t, aff = _to_half_resolution(t, aff, dims, tuple(ddf.shape), caller)
     arr = t[0].numpy()  # (D, *S)
-    if dtype is None:
-        out_dtype = np.dtype(np.float16 if suffix == ".npz" else np.float32)
-    else:
-        out_dtype = np.dtype(dtype)
-        if out_dtype == np.float16 and suffix != ".npz":
-            raise ValueError(f"{caller}: `dtype` float16 needs a .npz path (NIfTI-1 has no float16), got {p}.")
-        if out_dtype not in (np.float16, np.float32, np.float64):
-            raise ValueError(f"{caller}: `dtype` must be float16, float32 or float64, got {out_dtype}.")
+    out_dtype = _stored_dtype(dtype, suffix, p, caller)
     if out_dtype == np.float16 and np.abs(arr).max(initial=0.0) > _F16_MAX:
         raise ValueError(f"{caller}: `ddf` has |values| up to {np.abs(arr).max():.3g} voxels, beyond float16's range.")
     arr = arr.astype(out_dtype)
@@ -162,6 +146,32 @@ def write_l2r_displacement(
     img.header.set_data_dtype(out_dtype)
     save_image(img, p, compresslevel)
     return p
+
+
+def _to_half_resolution(t: torch.Tensor, aff: np.ndarray, dims: int, given: tuple, caller: str):
+    """The field on the half-size grid, corner-aligned, values kept in full-resolution voxels; its affine."""
+    shape = tuple(int(s) for s in t.shape[2:])
+    if any(s % 2 for s in shape):
+        raise ValueError(f"{caller}: `half_resolution` needs even sizes, got `ddf` shape {given}.")
+    half = tuple(s // 2 for s in shape)
+    mode = "bilinear" if dims == 2 else "trilinear"
+    t = F.interpolate(t, size=half, mode=mode, align_corners=ALIGN_CORNERS)  # values stay full-res voxels
+    # half-grid voxel i sits at full-grid voxel i * (n - 1) / (m - 1)
+    scale = np.ones(aff.shape[0])
+    scale[:dims] = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(shape, half)]
+    return t, aff @ np.diag(scale)
+
+
+def _stored_dtype(dtype: type | None, suffix: str, p: Path, caller: str) -> np.dtype:
+    """float16 for ``.npz`` and float32 for NIfTI by default; float16 only in ``.npz``."""
+    if dtype is None:
+        return np.dtype(np.float16 if suffix == ".npz" else np.float32)
+    out_dtype = np.dtype(dtype)
+    if out_dtype == np.float16 and suffix != ".npz":
+        raise ValueError(f"{caller}: `dtype` float16 needs a .npz path (NIfTI-1 has no float16), got {p}.")
+    if out_dtype not in (np.float16, np.float32, np.float64):
+        raise ValueError(f"{caller}: `dtype` must be float16, float32 or float64, got {out_dtype}.")
+    return out_dtype
 
 
 def read_l2r_displacement(

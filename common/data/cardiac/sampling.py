@@ -73,24 +73,8 @@ class PhantomRanges:
     noise_scale: tuple[float, float] = (0.2, 0.6)
 
 
-def sample_phantom_params(
-    rng: np.random.Generator | int,
-    stats: dict[str, Any],
-    size: tuple[int, int] = (112, 112),
-    spacing_mm: float = 1.5,
-    ranges: PhantomRanges | None = None,
-) -> CardiacPhantomParams:
-    """Draw one subject's parameters (deterministic for a given seed / generator state).
-
-    Args:
-        rng: numpy ``Generator`` or an int seed.
-        stats: statistics table from :func:`common.data.cardiac.stats.load_cardiac_stats`.
-        size: image size in pixels.
-        spacing_mm: pixel size in mm.
-        ranges: sampling ranges (defaults: :class:`PhantomRanges`).
-    """
-    rng = np.random.default_rng(rng)
-    r = ranges or PhantomRanges()
+def _draw_layout(rng: np.random.Generator, r: PhantomRanges, size: tuple[int, int], spacing_mm: float) -> tuple:
+    """The first draws of :func:`sample_phantom_params` (in this order): LV size, RV, centre, muscle, vessels, shift."""
 
     def u(lo_hi: tuple[float, float]) -> float:
         return float(rng.uniform(*lo_hi))
@@ -116,6 +100,32 @@ def sample_phantom_params(
     )  # fmt: skip
     shift_angle = rng.uniform(0, 2 * np.pi)
     shift = float(rng.uniform(0, r.shift_mm)) * np.array([np.cos(shift_angle), np.sin(shift_angle)])
+    return lv_radius, thickness, rv_angle, rv_depth, centre, papillary, vessels, shift
+
+
+def sample_phantom_params(
+    rng: np.random.Generator | int,
+    stats: dict[str, Any],
+    size: tuple[int, int] = (112, 112),
+    spacing_mm: float = 1.5,
+    ranges: PhantomRanges | None = None,
+) -> CardiacPhantomParams:
+    """Draw one subject's parameters (deterministic for a given seed / generator state).
+
+    Args:
+        rng: numpy ``Generator`` or an int seed.
+        stats: statistics table from :func:`common.data.cardiac.stats.load_cardiac_stats`.
+        size: image size in pixels.
+        spacing_mm: pixel size in mm.
+        ranges: sampling ranges (defaults: :class:`PhantomRanges`).
+    """
+    rng = np.random.default_rng(rng)
+    r = ranges or PhantomRanges()
+
+    def u(lo_hi: tuple[float, float]) -> float:
+        return float(rng.uniform(*lo_hi))
+
+    lv_radius, thickness, rv_angle, rv_depth, centre, papillary, vessels, shift = _draw_layout(rng, r, size, spacing_mm)
     row = int(rng.integers(len(stats["rows"])))
     row_stats = stats["rows"][row]
     return CardiacPhantomParams(
