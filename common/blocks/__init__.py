@@ -15,7 +15,7 @@ from common.blocks.compose import compose_ddf
 from common.blocks.integrate import VelocityIntegrator, integrate_velocity
 from common.blocks.jacobian import jacobian_determinant, jacobian_matrix
 from common.blocks.resize_flow import ResizeFlow, resize_flow
-from common.blocks.warp import Warp, WarpLabels, one_hot, sample_at, sample_labels_at, warp, warp_labels
+from common.blocks.warp import Warp, WarpLabels, one_hot, pair_one_hot, sample_at, sample_labels_at, warp, warp_labels
 
 __all__ = [
     "AffineTransform",
@@ -34,6 +34,7 @@ __all__ = [
     "jacobian_determinant",
     "jacobian_matrix",
     "one_hot",
+    "pair_one_hot",
     "resize_flow",
     "sample_at",
     "sample_labels_at",

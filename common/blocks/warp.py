@@ -19,7 +19,7 @@ from torch import nn
 
 from common.conventions import check_image_and_ddf
 
-__all__ = ["Warp", "WarpLabels", "warp", "warp_labels", "one_hot", "sample_at", "sample_labels_at"]
+__all__ = ["Warp", "WarpLabels", "warp", "warp_labels", "one_hot", "pair_one_hot", "sample_at", "sample_labels_at"]
 
 
 class Warp(_MonaiWarp):
@@ -88,6 +88,18 @@ def one_hot(labels: torch.Tensor, num_classes: int | None = None, dtype: torch.d
         raise ValueError(f"one_hot: `labels` has value {int(lab.max())} >= num_classes={k}.")
     oh = F.one_hot(lab[:, 0], k)  # (B, *S, K)
     return oh.movedim(-1, 1).to(dtype)
+
+
+def pair_one_hot(
+    moving_labels: torch.Tensor, fixed_labels: torch.Tensor, num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One-hot ``(B, K, *S)`` of a pair's label maps with one class count; returns ``(moving, fixed, K)``.
+
+    ``K`` is ``num_classes``, or the larger maximum label of the two plus one (what the training losses and the
+    evaluator's Dice use, so both sides always have the same channels).
+    """
+    k = num_classes or int(max(moving_labels.max().item(), fixed_labels.max().item())) + 1
+    return one_hot(moving_labels, k), one_hot(fixed_labels, k), k
 
 
 def warp_labels(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from monai.engines.utils import PrepareBatch
 from torch import nn
 
-from common.blocks import VelocityIntegrator, one_hot, resize_flow, warp
+from common.blocks import VelocityIntegrator, one_hot, pair_one_hot, resize_flow, warp
 
 __all__ = [
     "PAIR_KEYS",
@@ -204,10 +204,8 @@ class RegistrationLoss(nn.Module):
             terms[type(loss).__name__] = float(value.detach())
             total = total + w * value
         if len(self.label_losses) and "moving_label" in targets and "fixed_label" in targets:
-            ml, fl = targets["moving_label"], targets["fixed_label"]
-            k = self.num_classes or int(max(ml.max().item(), fl.max().item())) + 1
-            moh = resize_image(one_hot(ml, k), size)
-            foh = resize_image(one_hot(fl, k), size)
+            moh, foh, _ = pair_one_hot(targets["moving_label"], targets["fixed_label"], self.num_classes)
+            moh, foh = resize_image(moh, size), resize_image(foh, size)
             woh = warp(moh, ddf)
             for loss, w in zip(self.label_losses, self.label_weights):
                 value = loss(woh, foh)
@@ -241,9 +239,7 @@ class RegistrationEvalPostprocess:
             ddf = self.pred_to_ddf(data["pred"], fixed.shape[2:])
             data["ddf"] = ddf
             if "moving_label" in targets and "fixed_label" in targets:
-                ml, fl = targets["moving_label"], targets["fixed_label"]
-                k = self.num_classes or int(max(ml.max().item(), fl.max().item())) + 1
-                soft = warp(one_hot(ml, k), ddf)
-                data["warped_label"] = one_hot(soft.argmax(1, keepdim=True), k)
-                data["fixed_label_onehot"] = one_hot(fl, k)
+                moh, foh, k = pair_one_hot(targets["moving_label"], targets["fixed_label"], self.num_classes)
+                data["warped_label"] = one_hot(warp(moh, ddf).argmax(1, keepdim=True), k)
+                data["fixed_label_onehot"] = foh
         return data

@@ -255,3 +255,14 @@ def test_normalised_to_voxel_scales_each_axis_by_its_half_size():
     moved_n = p + delta[0, :, :2] @ p + delta[0, :, 2]
     moved_v = h * p + out[0, :, :2] @ (h * p) + out[0, :, 2]
     assert torch.allclose(moved_v, h * moved_n)
+
+
+def test_pair_one_hot_gives_both_sides_one_class_count():
+    from common.blocks import pair_one_hot
+
+    ml = torch.tensor([[[[0, 1], [2, 2]]]])
+    fl = torch.tensor([[[[0, 4], [1, 0]]]])
+    moh, foh, k = pair_one_hot(ml, fl)
+    assert k == 5 and moh.shape == foh.shape == (1, 5, 2, 2)
+    assert torch.equal(moh.argmax(1, keepdim=True), ml) and torch.equal(foh.argmax(1, keepdim=True), fl)
+    assert pair_one_hot(ml, fl, num_classes=7)[2] == 7

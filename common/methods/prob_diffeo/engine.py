@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.blocks import VelocityIntegrator, one_hot, resize_flow, warp
+from common.blocks import VelocityIntegrator, pair_one_hot, resize_flow, warp
 from common.losses.labels import soft_dice
 from common.losses.probabilistic import GaussianSmoothing, PriorKLLoss, sample_velocity
 
@@ -153,10 +153,9 @@ class ProbabilisticRegistrationLoss(nn.Module):
         if self.bidirectional:
             terms["recon_inverse"] = float((scale * sq_bwd).detach())
         if self.seg_weight > 0 and "moving_label" in targets and "fixed_label" in targets:
-            ml, fl = targets["moving_label"], targets["fixed_label"]
-            k = self.num_classes or int(max(ml.max().item(), fl.max().item())) + 1
+            moh, foh, _ = pair_one_hot(targets["moving_label"], targets["fixed_label"], self.num_classes)
             ddf = resize_flow(self.integrate(mu), size)
-            seg = _soft_dice_loss(warp(one_hot(ml, k), ddf), one_hot(fl, k))
+            seg = _soft_dice_loss(warp(moh, ddf), foh)
             total = total + self.seg_weight * seg
             terms["dice_loss"] = float(seg.detach())
         terms["total"] = float(total.detach())
