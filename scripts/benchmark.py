@@ -36,13 +36,11 @@ import fire
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common.data.datalist import load_datalist
+from common.io.nifti import atomic_path, read_nifti
+from common.io.report import markdown_table, mean_sd, write_report
 
-from common.data.datalist import load_datalist  # noqa: E402
-from common.io.nifti import atomic_path, read_nifti  # noqa: E402
-from common.io.report import markdown_table, mean_sd, write_report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATASETS = {
     "brain_1mm": (ROOT / "data/prepared/brain/datalist_1mm.json", "test"),

@@ -22,12 +22,10 @@ import fire
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common.io.nifti import atomic_path
+from common.io.report import markdown_table, write_report
 
-from common.io.nifti import atomic_path  # noqa: E402
-from common.io.report import markdown_table, write_report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BUNDLE = ROOT / "bundles" / "cardiac_cine_ngf_bspline"
 DEFAULTS = {"delta": 1.0, "alpha": 100.0, "beta": 20.0}  # the bundle's defaults (train.json)

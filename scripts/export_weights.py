@@ -8,18 +8,15 @@ Usage::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import fire
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common.engines.training import export_state_dict, load_state_dict_safely
+from common.io.files import sha256sum as sha256
+from common.io.nifti import atomic_path
 
-from common.engines.training import export_state_dict, load_state_dict_safely  # noqa: E402
-from common.io.files import sha256sum as sha256  # noqa: E402
-from common.io.nifti import atomic_path  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(bundle: str, checkpoint: str, key: str | None = None) -> str:

@@ -19,7 +19,6 @@ write one function here and add it to ``COMMANDS``.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,9 @@ import fire
 import numpy as np
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from common.data.brain.labels import BRAIN_EVAL_LABELS  # noqa: E402
-from common.data.brain.oasis import default_oasis_dir, list_oasis_t1, load_onehot_labels  # noqa: E402
-from common.data.brain.synthetic import (  # noqa: E402
+from common.data.brain.labels import BRAIN_EVAL_LABELS
+from common.data.brain.oasis import default_oasis_dir, list_oasis_t1, load_onehot_labels
+from common.data.brain.synthetic import (
     TEST_IDS,
     VALIDATION_IDS,
     align_label_map,
@@ -45,16 +40,18 @@ from common.data.brain.synthetic import (  # noqa: E402
     synthesize_pair,
     write_unit_image,
 )
-from common.data.brain.template import (  # noqa: E402
+from common.data.brain.template import (
     TEMPLATE_GRID_1MM,
     TEMPLATE_GRID_2MM,
     build_template,
     downsample_image_2x,
     downsample_labels_2x,
 )
-from common.data.datalist import check_prepare_config, write_json  # noqa: E402
-from common.data.pairs import all_pairs  # noqa: E402
-from common.io.nifti import atomic_path, read_nifti, write_nifti  # noqa: E402
+from common.data.datalist import check_prepare_config, write_json
+from common.data.pairs import all_pairs
+from common.io.nifti import atomic_path, read_nifti, write_nifti
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_OUT = ROOT / "data" / "prepared"
 DEFAULT_LABEL_DIR = ROOT.parent / "shared" / "data" / "brain_label_maps"

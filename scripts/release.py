@@ -26,19 +26,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import fire
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common.io.files import sha256sum as sha256
+from common.io.nifti import atomic_path
 
-from common.io.files import sha256sum as sha256  # noqa: E402
-from common.io.nifti import atomic_path  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SKIP_DIRS = {"runs", "eval", "models", "__pycache__", ".ipynb_checkpoints"}
 # the bundle's own fields name these two; the project itself is replaced by the vendored `common`
