@@ -3,9 +3,10 @@
 No labels are needed: the pairs are the user's images (and the atlas) affinely aligned to the atlas grid, and the
 loss is the bundle's own training loss (``loss`` in its ``train.json``: image similarity + regulariser); where
 both images of a pair have a label map (values 1..32, the app's segment values, see
-:mod:`common.engines.label_app`), the loss's label term is used too. The pairs go through the bundle's inference
-preprocessing (``LoadRegistrationPaird`` with the ``inference.json`` grid), so the network sees what it sees at
-inference; training crops the bundle's training ``patch_size`` where it has one. MONAI's ``SupervisedTrainer``
+:mod:`common.engines.label_app`) and the bundle's loss has a label term (hybrid_loss, joint_affine; not
+lumir_cascade, nor prob_diffeo at its shipped ``seg_weight`` 0), that term is used too. The pairs go through the
+bundle's own inference loader (``preprocessing`` of its ``inference.json``: grid, padding), so the network sees what
+it sees at inference; training crops the bundle's training ``patch_size`` where it has one. MONAI's ``SupervisedTrainer``
 runs the steps with the bundle's ``PairPrepareBatch``.
 
 The result is a plain state dict (what ``models/model.pt`` holds), written atomically, with a JSON record next
@@ -30,26 +31,35 @@ from common.io.nifti import atomic_path, read_label_map, write_nifti
 __all__ = ["finetune_bundle", "aligned_items", "pair_list"]
 
 
-def aligned_items(images: list[str], labels: list[str | None], folder: Path, with_atlas: bool = True) -> list[dict]:
+def aligned_items(images: list[str], labels: list[str | None], folder: Path, with_atlas: bool = True,
+                  skipped: list[str] | None = None) -> list[dict]:  # fmt: skip
     """Each image (and label map, values 1..32) affinely aligned to the atlas T1 on the 1 mm atlas grid.
 
     Returns ``[{"image", "label"}]`` (``label`` None where there is none); the atlas itself comes first when
-    ``with_atlas`` (its labels in the app's 1..32 values).
+    ``with_atlas`` (its labels in the app's 1..32 values). Images that cannot be used (not a 3D image, constant,
+    the affine fails) are left out with their reason appended to ``skipped``.
     """
     from common.data.brain.align import affine_align
     from common.data.brain.template import TEMPLATE_GRID_1MM
     from common.engines.atlas import default_atlas
-    from common.engines.label_app import to_slicer_values
+    from common.engines.label_app import check_image_upload, to_slicer_values
+    from common.io.nifti import ImageReadError
 
     atlas_t1, atlas_labels = default_atlas(1)
     grid = TEMPLATE_GRID_1MM
-    items = []
+    items: list[dict] = []
+    skipped = skipped if skipped is not None else []
     if with_atlas:
         lab, aff = read_label_map(atlas_labels, ndim=3)
         path = write_nifti(to_slicer_values(lab), aff, folder / "atlas_labels.nii")
         items.append({"image": str(atlas_t1), "label": str(path)})
     for i, (image, label) in enumerate(zip(images, labels)):
-        r = affine_align(str(image), str(atlas_t1), moving_labels=label, grid=grid)
+        try:
+            check_image_upload(image)
+            r = affine_align(str(image), str(atlas_t1), moving_labels=label, grid=grid)
+        except (ImageReadError, ValueError) as exc:  # one unusable image does not stop the others
+            skipped.append(f"{Path(image).name}: {exc}")
+            continue
         item = {"image": str(write_nifti(r.image.astype(np.float32), grid.affine, folder / f"image_{i}.nii"))}
         item["label"] = None if label is None else str(write_nifti(r.labels, grid.affine, folder / f"label_{i}.nii"))
         items.append(item)
@@ -93,14 +103,26 @@ def _bundle_parts(bundle: Path) -> dict[str, Any]:
     train.read_config(str(bundle / "configs" / "train.json"))
     train["bundle_root"] = str(bundle)
     train["device"] = "$torch.device('cpu')"
-    infer = json.loads((bundle / "configs" / "inference.json").read_text())
+    infer = ConfigParser()
+    infer.read_config(str(bundle / "configs" / "inference.json"))
+    infer["bundle_root"] = str(bundle)
+    loss = train.get_parsed_content("loss")
     return {
         "network": train.get_parsed_content("network_def"),
-        "loss": train.get_parsed_content("loss"),
+        "loss": loss,
+        "label_term": has_label_term(loss),
         "lr": min(float(train.get_parsed_content("learning_rate")), 1e-4),
         "patch": train.get("patch_size"),
-        "grid": {k: infer[k] for k in ("spacing", "axcodes", "data_spacing") if k in infer},
+        "load": infer.get_parsed_content("preprocessing"),  # the bundle's own inference loader (grid, padding)
     }
+
+
+def has_label_term(loss: torch.nn.Module) -> bool:
+    """Whether a bundle's training loss uses label maps (RegistrationLoss label terms, prob_diffeo's seg_weight,
+    joint_affine's anat_weight); lumir_cascade's and (at seg_weight 0) prob_diffeo's do not."""
+    if len(getattr(loss, "label_losses", [])):
+        return True
+    return float(getattr(loss, "seg_weight", 0.0)) > 0 or float(getattr(loss, "anat_weight", 0.0)) > 0
 
 
 def _mean_loss(network: torch.nn.Module, loss: torch.nn.Module, items: list[dict], device: str) -> float:
@@ -174,11 +196,12 @@ def finetune_bundle(
     from monai.data import CacheDataset
     from monai.transforms import Compose
 
-    from common.engines.pair_loading import LoadRegistrationPaird
     from common.engines.training import load_state_dict_safely
 
     t0, bundle, out_path = time.perf_counter(), Path(bundle), Path(out_path)
     labels = list(labels) if labels is not None else [None] * len(images)
+    if iterations < 1:
+        raise ValueError(f"finetune_bundle: iterations must be >= 1, got {iterations}.")
     if len(images) + int(with_atlas) < 2:
         raise ValueError(f"finetune_bundle: need at least 2 images (with the atlas), got {len(images)} image(s).")
     torch.manual_seed(seed)
@@ -187,10 +210,13 @@ def finetune_bundle(
     init = Path(init) if init else bundle / "models" / "model.pt"
     network.load_state_dict(load_state_dict_safely(init))
     before_state = {k: v.clone() for k, v in network.state_dict().items()}
+    skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="finetune_") as tmp:
-        items = aligned_items(images, labels, Path(tmp), with_atlas)
+        items = aligned_items(images, labels, Path(tmp), with_atlas, skipped)
+        if len(items) < 2:
+            raise ValueError(f"finetune_bundle: fewer than 2 usable images (skipped: {skipped}).")
         pairs = pair_list(items, max_pairs, seed)
-        load = Compose([LoadRegistrationPaird(multiple=16, **parts["grid"]), _LabelsOnNetGrid()])
+        load = Compose([parts["load"], _LabelsOnNetGrid()])
         cached = CacheDataset(pairs, transform=load, progress=False)
         full = [cached[i] for i in range(len(cached))]
         loss_before = _mean_loss(network, loss, full, device)
@@ -203,7 +229,8 @@ def finetune_bundle(
     record = {
         "bundle": bundle.name, "init": str(init), "weights": str(out_path), "images": [str(i) for i in images],
         "labelled": sum(lab is not None for lab in labels), "with_atlas": with_atlas, "pairs": len(pairs),
-        "label_pairs": sum(bool(p["moving_label"] and p["fixed_label"]) for p in pairs),
+        "label_pairs": sum(bool(p["moving_label"] and p["fixed_label"]) for p in pairs) if parts["label_term"] else 0,
+        "label_term": parts["label_term"], "skipped": skipped,
         "iterations": iterations, "crop": bool(crop and parts["patch"]), "lr": lr or parts["lr"],
         "loss_before": loss_before, "loss_after": loss_after, "tensors_changed": changed, "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip

@@ -29,6 +29,7 @@ __all__ = [
     "check_label_upload",
     "prune_outputs",
     "folder_bytes",
+    "result_folder_name",
 ]
 
 
@@ -75,12 +76,18 @@ def check_image_upload(path: str | os.PathLike, name: str | None = None) -> tupl
 
 
 def check_label_upload(path: str | os.PathLike, image: str | os.PathLike, name: str | None = None) -> None:
-    """Refuse a label upload that is not an integer 3D map on the grid of ``image`` (the datastore image)."""
+    """Refuse a label upload that is not an integer 3D map in the app's values (0..32) on the grid of ``image``."""
     shown = name or Path(path).name
     try:
         labels, affine = read_label_map(path, ndim=3)
     except ImageReadError as exc:
         raise ImageReadError(f"{shown}: {_reason(exc, path)}") from None
+    top, n = int(labels.max(initial=0)), len(BRAIN_EVAL_LABELS)
+    if top > n:
+        raise ImageReadError(
+            f"{shown}: label values up to {top}; this app's labels are 1..{n} in the order of the structure names "
+            "in /info/ (FreeSurfer codes, e.g. a downloaded labels.nii.gz, must be converted first)."
+        )
     ref = read_nifti(image, ndim=3, dtype=None)
     if labels.shape != ref[0].shape:
         raise ImageReadError(f"{shown}: label shape {labels.shape} differs from the image's {ref[0].shape}.")
@@ -100,19 +107,27 @@ def folder_bytes(folder: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def prune_outputs(root: str | os.PathLike, max_bytes: int, keep: str | os.PathLike | None = None) -> list[Path]:
+RECORDS = ("atlas.json", "registration.json")
+
+
+def prune_outputs(root: str | os.PathLike, max_bytes: int, keep: str | os.PathLike | None = None,
+                  busy: set[str] | None = None) -> list[Path]:  # fmt: skip
     """Delete the oldest result folders (``root/<model>/<image>``) until ``root`` holds at most ``max_bytes``.
 
-    ``keep`` (the folder just written) is never deleted, even if it alone is over the cap. Returns the deleted
-    folders, oldest first.
+    Only finished results are candidates: folders holding a result record (:data:`RECORDS`, written last) and not
+    in ``busy`` (resolved paths of folders still being written). ``keep`` (the folder just written) is never
+    deleted, even if it alone is over the cap. Returns the deleted folders, oldest first.
     """
     root = Path(root)
     if not root.is_dir():
         return []
     keep_path = Path(keep).resolve() if keep is not None else None
-    folders = [d for m in root.iterdir() if m.is_dir() for d in m.iterdir() if d.is_dir()]
-    sizes = {d: folder_bytes(d) for d in folders}
-    total = sum(sizes.values())
+    busy = busy or set()
+    results = [d for m in root.iterdir() if m.is_dir() for d in m.iterdir()
+               if d.is_dir() and (any((d / r).is_file() for r in RECORDS) or str(d.resolve()) in busy)]  # fmt: skip
+    sizes = {d: folder_bytes(d) for d in results}
+    total = sum(sizes.values())  # every result counts; only finished ones can go
+    folders = [d for d in results if str(d.resolve()) not in busy]
     removed: list[Path] = []
     for folder in sorted(folders, key=lambda d: d.stat().st_mtime):
         if total <= max_bytes:
@@ -123,3 +138,16 @@ def prune_outputs(root: str | os.PathLike, max_bytes: int, keep: str | os.PathLi
         total -= sizes[folder]
         removed.append(folder)
     return removed
+
+
+def result_folder_name(image_id: str) -> str:
+    """A folder name for an image id that differs for different ids: the id without its image extension, unsafe
+    characters replaced, plus a short hash of the id when anything was replaced (``a b`` and ``a_b`` differ)."""
+    import hashlib
+    import re
+
+    stem = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd)$", "", str(image_id))
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:120]
+    if safe != stem or safe in ("", ".", "..") or safe.startswith("."):
+        safe = f"{safe.strip('.') or 'image'}-{hashlib.sha1(str(image_id).encode()).hexdigest()[:8]}"
+    return safe

@@ -174,9 +174,12 @@ class RegistrationZooApp(MONAILabelApp):
         value = request.get(key)
         if not isinstance(value, str) or not value:
             raise bad_request(f"no {key} given.")
-        if os.path.exists(value):
+        if key == "image" and os.path.exists(value):  # an upload's temporary file (MONAI Label's own path)
             return
-        uri = datastore.get_image_uri(value)
+        try:
+            uri = datastore.get_image_uri(value)
+        except Exception:  # a remote datastore (DICOMweb) answers an unknown id with an HTTP error
+            uri = ""
         if not uri:
             raise bad_request(f"{key} {value!r} is not an image of the datastore.", 404)
         if key != "image":  # MONAI Label resolves the image id itself

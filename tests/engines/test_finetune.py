@@ -82,3 +82,18 @@ def test_saved_labels_add_the_label_term(tmp_path):
     without = finetune_bundle(BUNDLE, [str(image)], tmp_path / "b.pt", iterations=1)
     assert without["label_pairs"] == 0
     assert abs(with_labels["loss_before"] - without["loss_before"]) > 1e-3, (with_labels, without)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("brain_mri_hybrid_loss", True), ("brain_mri_joint_affine", True), ("brain_mri_lumir_cascade", False),
+     ("brain_mri_prob_diffeo", False)],
+)  # fmt: skip
+def test_which_bundles_losses_use_saved_labels(name, expected):
+    """What the README tells a fine-tuning user: labels add a term to hybrid_loss and joint_affine only."""
+    from common.engines.finetune import _bundle_parts
+
+    parts = _bundle_parts(ROOT / "bundles" / name)
+    assert parts["label_term"] is expected
+    inference = json.loads((ROOT / "bundles" / name / "configs" / "inference.json").read_text())
+    assert parts["load"].multiple == inference["preprocessing"]["multiple"]  # the bundle's own loader

@@ -14,6 +14,7 @@ from common.engines.label_app import (
     check_image_upload,
     check_label_upload,
     prune_outputs,
+    result_folder_name,
     slicer_label_names,
     slicer_segments,
     to_slicer_values,
@@ -79,16 +80,39 @@ def test_label_upload_must_be_an_integer_map_on_the_image_grid(tmp_path):
         check_label_upload(_save(tmp_path / "f.nii.gz", np.full((16, 16, 16), 1.5, np.float32)), image)
 
 
-def test_prune_outputs_removes_the_oldest_until_under_the_cap_and_keeps_the_newest(tmp_path):
+def test_prune_outputs_removes_the_oldest_finished_results_until_under_the_cap(tmp_path):
     folders = []
-    for i in range(4):
+    for i in range(5):
         d = tmp_path / "model" / f"img{i}"
         d.mkdir(parents=True)
         (d / "f.bin").write_bytes(b"x" * 1000)
+        (d / ("atlas.json" if i % 2 else "registration.json")).write_text("{}")
         os.utime(d, (time.time() - 100 + i, time.time() - 100 + i))
         folders.append(d)
-    removed = prune_outputs(tmp_path, max_bytes=2500, keep=folders[0])
-    assert removed == [folders[1], folders[2]]
-    assert folders[0].exists() and folders[3].exists()
+    other = tmp_path / "labels" / "final"  # not a result (no record): never touched
+    other.mkdir(parents=True)
+    (other / "l.nii.gz").write_bytes(b"y" * 5000)
+    os.utime(other, (time.time() - 1000, time.time() - 1000))
+    busy = {str(folders[1].resolve())}  # its transform is still being written
+    removed = prune_outputs(tmp_path, max_bytes=3100, keep=folders[0], busy=busy)  # 5 x 1002 bytes
+    assert removed == [folders[2], folders[3]]
+    assert folders[0].exists() and folders[1].exists() and folders[4].exists() and other.exists()
     assert prune_outputs(tmp_path, max_bytes=10**6) == []
     assert prune_outputs(tmp_path / "absent", max_bytes=0) == []
+
+
+def test_result_folder_names_differ_for_different_ids_and_stay_inside_the_root():
+    ids = ["moved_atlas", "OAS1_0001_MR1.brain", "OAS1_0001_MR1.orig", "3: T1 MPRAGE", "3_ T1_MPRAGE", "..", ".",
+           "", "a/../../b", "1.2.840.10008.5.1.4.nii.gz"]  # fmt: skip
+    names = [result_folder_name(i) for i in ids]
+    assert len(set(names)) == len(names), names
+    assert names[0] == "moved_atlas" and names[-1] == "1.2.840.10008.5.1.4"
+    assert all("/" not in n and not n.startswith(".") and n for n in names)
+
+
+def test_label_uploads_must_use_the_app_values(tmp_path):
+    image = _save(tmp_path / "t1.nii.gz", np.random.default_rng(0).random((16, 16, 16)).astype(np.float32))
+    fs = np.zeros((16, 16, 16), np.int16)
+    fs[2:5, 2:5, 2:5] = 41  # a FreeSurfer code (right cerebral white matter)
+    with pytest.raises(ImageReadError, match="values up to 41.*1..32"):
+        check_label_upload(_save(tmp_path / "fs.nii.gz", fs), image)

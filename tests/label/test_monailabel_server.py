@@ -223,7 +223,8 @@ def test_the_transform_and_the_atlas_are_downloadable_and_reproduce_the_labels(s
     assert dice(warped, served) > 0.85  # nearest vs one-hot linear label warping of the same transform
     assert len(itk.transformread(str(files["affine.tfm"]))) == 1
     assert nib.load(files["atlas_t1"]).shape == atlas.shape
-    assert _get(server["base"] + "/registration/outputs/hybrid_loss/moved_atlas/../../x")[0] == 404
+    status, body = _get(server["base"] + "/registration/outputs/../hybrid_loss/labels.nii.gz")  # model ".."
+    assert status == 404 and b"not a result file" in body, body
     # outputs live under the studies folder, not in the repository's app folder
     assert (server["studies"] / "registration_outputs" / "hybrid_loss" / "moved_atlas" / "labels.nii.gz").is_file()
     assert not (ROOT / "scripts" / "monailabel_app" / "outputs").exists()
@@ -267,6 +268,17 @@ def test_user_errors_get_4xx_with_the_reason_and_the_server_keeps_serving(server
     nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), np.eye(4)), small)
     saved = _client(server, "save_label", image_id="moved_atlas", label_in=str(small), tag="final")
     assert not saved["ok"] and "Status: 400" in saved["error"] and "shape" in saved["error"], saved
+    fs_coded = tmp_path / "fs_label.nii.gz"  # FreeSurfer codes (e.g. the downloaded labels.nii.gz) are refused
+    nib.save(nib.Nifti1Image(server["truth"], nib.load(server["moved"]).affine), fs_coded)
+    saved = _client(server, "save_label", image_id="moved_atlas", label_in=str(fs_coded), tag="final")
+    assert not saved["ok"] and "Status: 400" in saved["error"] and "1..32" in saved["error"], saved
+    status, body = _post(
+        base + "/infer/hybrid_loss?image=moved_atlas", fields={"params": json.dumps({"device": "gpu"})}
+    )
+    assert status == 400 and b"device" in body, body
+    status, body = _post(base + "/infer/register_hybrid_loss?image=moved_atlas",
+                         fields={"params": json.dumps({"moving": "/etc/hostname"})})  # fmt: skip
+    assert status == 404 and b"not an image of the datastore" in body, body
     assert server["proc"].poll() is None
     assert _get(base + "/info/")[0] == 200
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -30,10 +29,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from common.data.brain.labels import BRAIN_EVAL_LABELS
 from common.engines.atlas import atlas_segment, register_pair
 from common.engines.bundle import bundle_metadata, is_trained, trained_bundles
-from common.engines.label_app import prune_outputs, slicer_label_names, to_slicer_values
+from common.engines.label_app import prune_outputs, result_folder_name, slicer_label_names, to_slicer_values
 from common.io.nifti import ImageReadError, read_nifti, write_nifti
 
 logger = logging.getLogger(__name__)
+
+#: a request's instance-optimisation steps at most (one request holds its model for the whole run)
+MAX_INSTANCE_ITERATIONS = 2000
 
 #: result folder -> Future of its transform files being written (``run``; a download waits for it)
 PENDING: dict[str, Any] = {}
@@ -103,8 +105,8 @@ class _BundleTask(InferTask):
             iters = int(iters)
         except (TypeError, ValueError):
             raise bad_request(f"instance_iterations must be an integer, got {iters!r}.") from None
-        if iters < 0:
-            raise bad_request(f"instance_iterations must be 0 or more, got {iters}.")
+        if not 0 <= iters <= MAX_INSTANCE_ITERATIONS:
+            raise bad_request(f"instance_iterations must be 0..{MAX_INSTANCE_ITERATIONS}, got {iters}.")
         overrides: dict[str, Any] = {"ckpt_path": str(self.weights())}
         if not iters:
             return overrides
@@ -114,12 +116,20 @@ class _BundleTask(InferTask):
         return {**overrides, "instance_iterations": iters}
 
     def device_of(self, request: dict[str, Any]) -> str:
-        device = str(request.get("device", self.device) or self.device)
-        if device.startswith("cuda"):
-            import torch
+        """``cpu`` or an available ``cuda[:n]`` (CUDA asked for on a machine without it falls back to the CPU)."""
+        import torch
 
-            if not torch.cuda.is_available():
-                return "cpu"
+        device = str(request.get("device", self.device) or self.device)
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise bad_request(f"device must be 'cpu' or 'cuda[:n]', got {device!r}.") from None
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            return "cpu"
+        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise bad_request(f"device {device!r}: this server has {torch.cuda.device_count()} GPU(s).")
+        if parsed.type not in ("cpu", "cuda"):
+            raise bad_request(f"device must be 'cpu' or 'cuda[:n]', got {device!r}.")
         return device
 
     def image_path(self, request: dict[str, Any], key: str = "image") -> Path:
@@ -128,9 +138,9 @@ class _BundleTask(InferTask):
             raise bad_request(f"{key} {request.get(key + '_id', image)!r} is not an image of the datastore.", 404)
         return Path(image)
 
-    def out_dir(self, image: Path) -> Path:
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", image.name.split(".")[0]) or "image"
-        return self.out_root / self.name / stem
+    def out_dir(self, image_id: str) -> Path:
+        """``<outputs root>/<model>/<folder>``: one folder per datastore id (:func:`result_folder_name`)."""
+        return self.out_root / self.name / result_folder_name(image_id)
 
     def run(self, fn: Any, image: Path, out: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """``fn(*args, out, defer_transform=True, **kwargs)`` under the model's lock; bad images -> 400.
@@ -148,8 +158,15 @@ class _BundleTask(InferTask):
                 raise HTTPException(status_code=500, detail=f"{self.name}: {image.name}: {exc}") from exc
         pending = result.pop("pending")
         PENDING[str(out.resolve())] = pending
-        pending.add_done_callback(lambda _: prune_outputs(self.out_root, self.max_bytes, keep=out))
+        pending.add_done_callback(lambda f: self._written(f, out))
         return result
+
+    def _written(self, future: Any, out: Path) -> None:
+        """After a result's transform files: log a failure; prune finished results beyond the cap."""
+        if future.exception() is not None:
+            logger.error(f"{self.name}: writing the transform of {out.name} failed: {future.exception()}")
+        busy = {k for k, f in list(PENDING.items()) if not f.done()}
+        prune_outputs(self.out_root, self.max_bytes, keep=out, busy=busy)
 
     def returned_file(self, prefix: str) -> str:
         """A new file for MONAI Label to send and delete, in the app's own folder: a client on the same machine
@@ -187,7 +204,7 @@ class AtlasRegistrationInfer(_BundleTask):
         values = str(request.get("label_values", "slicer")).lower()
         if values not in ("slicer", "freesurfer"):
             raise bad_request(f"label_values must be 'slicer' (1..32) or 'freesurfer', got {values!r}.")
-        out = self.out_dir(image)
+        out = self.out_dir(str(request.get("image_id") or image.name))
         overrides, device = self.overrides(request), self.device_of(request)
         r = self.run(atlas_segment, image, out, image, self.bundle, device=device, overwrite=True, **overrides)
         t1 = time.perf_counter()
@@ -237,7 +254,8 @@ class PairRegistrationInfer(_BundleTask):
         t0 = time.perf_counter()
         fixed = self.image_path(request)
         moving = self.image_path(request, "moving")
-        out = self.out_dir(fixed).with_name(f"{self.out_dir(moving).name}_to_{self.out_dir(fixed).name}")
+        fixed_id, moving_id = str(request.get("image_id") or fixed.name), str(request.get("moving_id") or moving.name)
+        out = self.out_root / self.name / f"{result_folder_name(moving_id)}_to_{result_folder_name(fixed_id)}"
         overrides, device = self.overrides(request), self.device_of(request)
         r = self.run(register_pair, fixed, out, moving, fixed, self.bundle, device=device, overwrite=True,
                      **overrides)  # fmt: skip

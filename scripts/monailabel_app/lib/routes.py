@@ -72,13 +72,15 @@ def build_router() -> APIRouter:
         output: ResultType | None = None,
         user: User = _USER,
     ) -> Any:
+        if not file and not image and not session_id:
+            raise HTTPException(status_code=400, detail="give an image id (?image=...), a file, or a session id.")
         if file:
             await run_in_threadpool(_checked_upload, file)
         return await run_in_threadpool(run_inference, background_tasks, model, image, session_id, params, file,
                                        label, output)  # fmt: skip
 
     @router.get("/registration/outputs/{model}/{folder}/{name}", summary="Download a registration result file")
-    async def download_output(model: str, folder: str, name: str) -> FileResponse:
+    async def download_output(model: str, folder: str, name: str, user: User = _USER) -> FileResponse:
         root = app_instance().outputs_root
         if name not in DOWNLOADABLE or any(s in (model + folder) for s in ("/", "\\", "..")):
             raise HTTPException(status_code=404, detail=f"{name!r} is not a result file ({', '.join(DOWNLOADABLE)}).")
@@ -95,7 +97,7 @@ def build_router() -> APIRouter:
         return FileResponse(path, filename=f"{folder}_{name}")
 
     @router.get("/registration/atlas/{which}", summary="Download the atlas T1 or its labels")
-    async def download_atlas(which: str) -> FileResponse:
+    async def download_atlas(which: str, user: User = _USER) -> FileResponse:
         if which not in ATLAS_FILES:
             raise HTTPException(status_code=404, detail=f"{which!r}: choose one of {', '.join(ATLAS_FILES)}.")
         path = await run_in_threadpool(app_instance().atlas_file, which)

@@ -4,8 +4,9 @@
 (and the atlas) affinely aligned to the atlas grid, pairs among them, the bundle's own training loss (no labels
 needed; a saved ``final`` label adds the label term), see :func:`common.engines.finetune.finetune_bundle`. The
 weights go to ``<models_dir>/<model>/model.pt`` (with ``model.json``, the record) and the model's next inference
-uses them (``params["weights"]`` says which). Request keys (``/info`` config): ``max_iterations``, ``lr``
-(0 = the bundle's), ``max_pairs``, ``with_atlas``, ``restart`` (start from the shipped weights again).
+uses them (``params["weights"]`` says which). Request keys (``/info`` config): ``max_iterations`` (>= 1), ``lr``
+(0 = ``min(the bundle's learning_rate, 1e-4)``), ``max_pairs``, ``with_atlas``, ``restart`` (start from the shipped
+weights again).
 """
 
 from __future__ import annotations
