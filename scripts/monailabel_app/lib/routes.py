@@ -1,5 +1,7 @@
 """HTTP routes the app adds to the MONAI Label 0.8.5 server (installed by ``main.py`` in server mode).
 
+* ``PUT /datastore/image`` and ``PUT /datastore/label`` replace MONAI Label's own (same functions, in a worker
+  thread: the app's datastore reads the whole upload to check it).
 * ``POST /infer/{model}`` replaces MONAI Label's own route, whose ``async`` handler runs the whole inference on
   the event loop: while one registration runs (40-70 s on 2 cores) the server answers nothing, not even
   ``/info/``. This one checks an uploaded file first (400 naming the file) and runs MONAI Label's
@@ -22,8 +24,10 @@ from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, HT
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from monailabel.config import settings
+from monailabel.endpoints.datastore import add_image, save_label
 from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.utils.app import app_instance
 
 from common.engines.label_app import check_image_upload
@@ -39,6 +43,9 @@ _PARAMS = Form("{}")
 _NO_FILE = File(None)
 _NO_LABEL = File(None)
 _USER = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+_ANNOTATOR = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))
+_UPLOAD = File(...)
+_LABEL_UPLOAD = File(...)
 
 
 def _checked_upload(upload: UploadFile) -> None:
@@ -78,6 +85,30 @@ def build_router() -> APIRouter:
             await run_in_threadpool(_checked_upload, file)
         return await run_in_threadpool(run_inference, background_tasks, model, image, session_id, params, file,
                                        label, output)  # fmt: skip
+
+    # MONAI Label's upload routes are async too and the app's datastore reads the whole volume to check it: in a
+    # worker thread, so a large upload does not stall the server either
+    @router.put("/datastore/", include_in_schema=False)
+    @router.put("/datastore/image", summary="Upload an image (checked first; 400 with the reason)")
+    async def upload_image(
+        background_tasks: BackgroundTasks,
+        image: str | None = None,
+        params: str = _PARAMS,
+        file: UploadFile = _UPLOAD,
+        user: User = _ANNOTATOR,
+    ) -> Any:
+        return await run_in_threadpool(add_image, background_tasks, image, params, file, user.username)
+
+    @router.put("/datastore/label", summary="Save a label (values 1..32 on the image's grid; 400 with the reason)")
+    async def upload_label(
+        background_tasks: BackgroundTasks,
+        image: str,
+        params: str = _PARAMS,
+        tag: str = DefaultLabelTag.FINAL.value,
+        label: UploadFile = _LABEL_UPLOAD,
+        user: User = _ANNOTATOR,
+    ) -> Any:
+        return await run_in_threadpool(save_label, background_tasks, image, params, tag, label, user.username)
 
     @router.get("/registration/outputs/{model}/{folder}/{name}", summary="Download a registration result file")
     async def download_output(model: str, folder: str, name: str, user: User = _USER) -> FileResponse:
