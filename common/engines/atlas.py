@@ -123,8 +123,7 @@ def register_pair(
         "bundle_seconds": round(t_bundle, 2),
     }
     if "labels" in written:
-        labels = np.asarray(read_nifti(written["labels"], ndim=3, dtype=None)[0])
-        record["labels_present"] = sorted(int(v) for v in np.unique(labels) if v > 0)
+        record["labels_present"] = written.pop("labels_present")
 
     def finish() -> dict[str, Any]:
         written.update(_write_transform(ddf, aligned.world, arr.shape, aff, moving_aff, out, names))
@@ -182,7 +181,8 @@ def _bundle_step(aligned: Any, fixed: Path, bundle: Path, shape: tuple[int, ...]
 
 def _collect(bundle_out: Path, bundle: Path, fixed: Path, shape: tuple[int, ...], aff: np.ndarray, out: Path,
              names: dict[str, str]) -> tuple[dict[str, Path], np.ndarray]:  # fmt: skip
-    """Check the bundle's outputs are on the fixed grid; write the warped image (and labels); return the field."""
+    """Check the bundle's outputs are on the fixed grid; write the warped image (and labels, with the codes present
+    under ``labels_present`` for the record); return the field."""
     import itk
 
     from common.io.itk_field import itk_field_to_ddf
@@ -198,8 +198,9 @@ def _collect(bundle_out: Path, bundle: Path, fixed: Path, shape: tuple[int, ...]
     out.mkdir(parents=True, exist_ok=True)
     written = {"warped": write_nifti(warped, aff, out / names["warped"])}
     if "labels" in names:
-        labels = read_nifti(pair / "warped_label.nii.gz", ndim=3)[0]
-        written["labels"] = write_nifti(np.rint(labels).astype(np.int16), aff, out / names["labels"])
+        labels = np.rint(read_nifti(pair / "warped_label.nii.gz", ndim=3)[0]).astype(np.int16)
+        written["labels"] = write_nifti(labels, aff, out / names["labels"])
+        written["labels_present"] = sorted(int(v) for v in np.unique(labels) if v > 0)  # for the record
     return written, ddf[0].numpy()
 
 

@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from common.data.brain.labels import BRAIN_EVAL_LABELS, remap_to_eval
@@ -88,10 +89,11 @@ def check_label_upload(path: str | os.PathLike, image: str | os.PathLike, name: 
             f"{shown}: label values up to {top}; this app's labels are 1..{n} in the order of the structure names "
             "in /info/ (FreeSurfer codes, e.g. a downloaded labels.nii.gz, must be converted first)."
         )
-    ref = read_nifti(image, ndim=3, dtype=None)
-    if labels.shape != ref[0].shape:
-        raise ImageReadError(f"{shown}: label shape {labels.shape} differs from the image's {ref[0].shape}.")
-    if not np.allclose(affine, ref[1], atol=1e-3):
+    ref = nib.load(str(image))  # the datastore image: its header is enough
+    ref_shape = tuple(int(n) for n in ref.shape[:3])
+    if labels.shape != ref_shape:
+        raise ImageReadError(f"{shown}: label shape {labels.shape} differs from the image's {ref_shape}.")
+    if not np.allclose(affine, ref.affine, atol=1e-3):
         raise ImageReadError(f"{shown}: the label map's affine differs from the image's (not on its grid).")
 
 

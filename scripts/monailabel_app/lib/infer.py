@@ -74,6 +74,12 @@ def find_bundles(bundles_dir: Path, models: str = "all") -> dict[str, Path]:
     return chosen
 
 
+def _title(bundle: Path) -> str:
+    """``<bundle name> v<version>`` from the bundle's metadata (the model descriptions in ``/info/``)."""
+    meta = bundle_metadata(bundle)
+    return f"{meta.get('name', bundle.name)} v{meta.get('version', '?')}"
+
+
 def bad_request(message: str, status: int = 400) -> HTTPException:
     logger.warning(f"refused ({status}): {message}")
     return HTTPException(status_code=status, detail=message)
@@ -189,14 +195,9 @@ class AtlasRegistrationInfer(_BundleTask):
     """Register the atlas to ``request["image"]`` with a bundle; the result is the propagated label map."""
 
     def __init__(self, bundle: Path, name: str, out_root: Path, max_bytes: int, device: str = "cpu"):
-        meta = bundle_metadata(bundle)
-        super().__init__(
-            bundle, name, out_root, max_bytes, device,
-            type=InferType.SEGMENTATION,
-            labels=slicer_label_names(),
-            description=f"Atlas segmentation by registration with {meta.get('name', bundle.name)} "
-            f"v{meta.get('version', '?')} (skull-stripped T1).",
-        )  # fmt: skip
+        super().__init__(bundle, name, out_root, max_bytes, device, type=InferType.SEGMENTATION,
+                         labels=slicer_label_names(),
+                         description=f"Atlas segmentation by registration with {_title(bundle)} (skull-stripped T1).")  # fmt: skip
 
     def __call__(self, request: dict[str, Any]):
         t0 = time.perf_counter()
@@ -240,14 +241,9 @@ class PairRegistrationInfer(_BundleTask):
     """Register the datastore image ``moving`` (request parameter) to ``request["image"]``; returns it warped."""
 
     def __init__(self, bundle: Path, name: str, out_root: Path, max_bytes: int, device: str = "cpu"):
-        meta = bundle_metadata(bundle)
-        super().__init__(
-            bundle, name, out_root, max_bytes, device,
-            type=InferType.OTHERS,
-            labels=[],
-            description=f"Registers the datastore image `moving` (a parameter) to this image with "
-            f"{meta.get('name', bundle.name)} v{meta.get('version', '?')}; returns the warped moving image.",
-        )  # fmt: skip
+        super().__init__(bundle, name, out_root, max_bytes, device, type=InferType.OTHERS, labels=[],
+                         description=f"Registers the datastore image `moving` (a parameter) to this image with "
+                         f"{_title(bundle)}; returns the warped moving image.")  # fmt: skip
         self._config["moving"] = ""
 
     def __call__(self, request: dict[str, Any]):
