@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
 def lazy_attributes(
-    package: str, namespace: dict[str, Any], where: Mapping[str, str]
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package`` whose public name ``n`` lives in ``package.where[n]``.
+    package: str, namespace: dict[str, Any], exports: Mapping[str, Sequence[str]]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``__getattr__``, ``__dir__`` and ``__all__`` for ``package`` whose submodule ``m`` exports ``exports[m]``.
 
     A resolved name is stored in the package's ``namespace`` (its ``globals()``), so it is looked up once.
     """
+    where = {name: module for module, names in exports.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         if name not in where:
@@ -25,4 +26,4 @@ def lazy_attributes(
     def __dir__() -> list[str]:
         return sorted(set(namespace) | set(where))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(where)

@@ -155,6 +155,15 @@ def _json_subjects(data: dict, path: Path, base: Path, caller: str, with_labels:
     return training
 
 
+def _json_layout(root: str | os.PathLike, json_name: str, caller: str, with_labels: bool) -> tuple:
+    """``(base, json path, parsed JSON, training subjects, {image path: subject})`` of a dataset JSON layout."""
+    base = Path(root)
+    path = base / json_name
+    data = _load_json(path, caller)
+    training = _json_subjects(data, path, base, caller, with_labels=with_labels)
+    return base, path, data, training, {t["image"]: t for t in training}
+
+
 def read_l2r_oasis(root: str | os.PathLike, json_name: str = "OASIS_dataset.json") -> dict[str, list[dict[str, str]]]:
     """The Learn2Reg OASIS task: ``{"training": subjects, "validation": pairs, "test": pairs}``.
 
@@ -166,11 +175,7 @@ def read_l2r_oasis(root: str | os.PathLike, json_name: str = "OASIS_dataset.json
         DatasetLayoutError: missing/invalid JSON, missing ``training`` key, malformed entries, missing files.
     """
     caller = "read_l2r_oasis"
-    base = Path(root)
-    path = base / json_name
-    data = _load_json(path, caller)
-    training = _json_subjects(data, path, base, caller, with_labels=True)
-    subjects = {t["image"]: t for t in training}
+    base, path, data, training, subjects = _json_layout(root, json_name, caller, with_labels=True)
     val_key = "registration_val" if "registration_val" in data else "validation"
     validation = _json_pairs(data, val_key, path, base, subjects, caller, labels_dir="labels")
     test = _json_pairs(data, "registration_test", path, base, subjects, caller, labels_dir="labels")
@@ -184,11 +189,7 @@ def read_lumir(root: str | os.PathLike, json_name: str = "LUMIR_dataset.json") -
         DatasetLayoutError: missing/invalid JSON, missing ``training`` key, malformed entries, missing files.
     """
     caller = "read_lumir"
-    base = Path(root)
-    path = base / json_name
-    data = _load_json(path, caller)
-    training = _json_subjects(data, path, base, caller, with_labels=False)
-    subjects = {t["image"]: t for t in training}
+    base, path, data, training, subjects = _json_layout(root, json_name, caller, with_labels=False)
     return {
         "training": training,
         "validation": _json_pairs(data, "validation", path, base, subjects, caller),

@@ -9,23 +9,12 @@ from __future__ import annotations
 
 from common.lazy import lazy_attributes
 
-_WHERE = {
-    "IdentityToDDF": "registration",
-    "PairPrepareBatch": "registration",
-    "PredToDDF": "registration",
-    "RegistrationEvalPostprocess": "registration",
-    "RegistrationLoss": "registration",
-    "ResizeToDDF": "registration",
-    "SVFToDDF": "registration",
-    "LoadRegistrationPaird": "pair_loading",
-    "normalise_intensity": "pair_loading",
-    "pair_datalist": "pair_loading",
-    "NetworkInferer": "inference",
-    "SaveRegistrationOutputsd": "inference",
-    "RegistrationSummaryHandler": "summary",
-}
+_EXPORTS = {
+    "registration": ("IdentityToDDF", "PairPrepareBatch", "PredToDDF", "RegistrationEvalPostprocess",
+                     "RegistrationLoss", "ResizeToDDF", "SVFToDDF"),
+    "pair_loading": ("LoadRegistrationPaird", "normalise_intensity", "pair_datalist"),
+    "inference": ("NetworkInferer", "SaveRegistrationOutputsd"),
+    "summary": ("RegistrationSummaryHandler",),
+}  # fmt: skip
 
-__all__ = sorted(_WHERE)
-
-
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), _WHERE)
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, globals(), _EXPORTS)

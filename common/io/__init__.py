@@ -7,36 +7,16 @@ from __future__ import annotations
 
 from common.lazy import lazy_attributes
 
-_WHERE = {
-    "ImageReadError": "nifti",
-    "affine_2d_from_3d": "convert",
-    "affine_to_itk_geometry": "convert",
-    "array_to_itk_image": "itk_field",
-    "atomic_path": "nifti",
-    "centred_affine_to_itk": "itk_affine",
-    "centred_affine_to_physical": "convert",
-    "ddf_to_itk_field": "itk_field",
-    "itk_field_to_ddf": "itk_field",
-    "itk_geometry_to_affine": "convert",
-    "itk_image_to_array": "itk_field",
-    "l2r_disp_name": "l2r",
-    "lps_flip": "convert",
-    "mm_to_voxel": "convert",
-    "physical_affine_to_centred": "convert",
-    "physical_to_voxel": "convert",
-    "read_itk_affine": "itk_affine",
-    "read_itk_displacement": "itk_field",
-    "read_l2r_displacement": "l2r",
-    "read_nifti": "nifti",
-    "save_qc_figure": "qc",
-    "spacing_from_affine": "convert",
-    "voxel_to_mm": "convert",
-    "voxel_to_physical": "convert",
-    "write_itk_affine": "itk_affine",
-    "write_itk_displacement": "itk_field",
-    "write_l2r_displacement": "l2r",
-    "write_nifti": "nifti",
-}
+_EXPORTS = {
+    "convert": ("affine_2d_from_3d", "affine_to_itk_geometry", "centred_affine_to_physical", "itk_geometry_to_affine",
+                "lps_flip", "mm_to_voxel", "physical_affine_to_centred", "physical_to_voxel", "spacing_from_affine",
+                "voxel_to_mm", "voxel_to_physical"),
+    "itk_affine": ("centred_affine_to_itk", "read_itk_affine", "write_itk_affine"),
+    "itk_field": ("array_to_itk_image", "ddf_to_itk_field", "itk_field_to_ddf", "itk_image_to_array",
+                  "read_itk_displacement", "write_itk_displacement"),
+    "l2r": ("l2r_disp_name", "read_l2r_displacement", "write_l2r_displacement"),
+    "nifti": ("ImageReadError", "atomic_path", "read_nifti", "write_nifti"),
+    "qc": ("save_qc_figure",),
+}  # fmt: skip
 
-__all__ = sorted(_WHERE)
-__getattr__, __dir__ = lazy_attributes(__name__, globals(), _WHERE)
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, globals(), _EXPORTS)

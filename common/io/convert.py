@@ -135,6 +135,23 @@ def _apply_linear(mat: np.ndarray, field: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bj...->bi...", m, field.to(torch.float64))
 
 
+def _apply_linear_slabs(mat: np.ndarray, field: torch.Tensor, slab: int = 32) -> torch.Tensor:
+    """:func:`_apply_linear` in the dtype of ``field``: float64 sums over a few planes of the first spatial axis at a
+    time (small temporaries), zero entries of ``mat`` skipped (an axis-aligned affine needs one product per
+    component)."""
+    out = torch.empty_like(field)
+    dims = field.shape[1]
+    for a in range(0, field.shape[2], slab):
+        part = field[:, :, a : a + slab].to(torch.float64)
+        for c in range(dims):
+            comp = torch.zeros_like(part[:, 0])
+            for k in range(dims):
+                if mat[c, k] != 0.0:
+                    comp += part[:, k] * float(mat[c, k])
+            out[:, c, a : a + slab] = comp
+    return out
+
+
 def voxel_to_physical(
     ddf: torch.Tensor,
     fixed_affine: np.ndarray | torch.Tensor,
@@ -160,8 +177,9 @@ def voxel_to_physical(
     dims = check_ddf(ddf, caller="voxel_to_physical")
     f = as_affine(fixed_affine, dims, "fixed_affine", "voxel_to_physical")
     m = f if moving_affine is None else as_affine(moving_affine, dims, "moving_affine", "voxel_to_physical")
-    if moving_affine is None:
-        d = _apply_linear(f[:dims, :dims], ddf)
+    if moving_affine is None:  # shared grid: one linear map per voxel (the LPS flip folded in), slab by slab
+        mat = lps_flip(dims) @ f[:dims, :dims] if lps else f[:dims, :dims]
+        return _apply_linear_slabs(mat, ddf)
     else:
         grid = identity_grid(ddf.shape[2:], device=ddf.device, dtype=torch.float64)
         y = grid + ddf.to(torch.float64)

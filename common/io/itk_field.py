@@ -40,9 +40,7 @@ import torch
 from common.conventions import check_ddf
 from common.io.convert import (
     affine_to_itk_geometry,
-    as_affine,
     itk_geometry_to_affine,
-    lps_flip,
     physical_to_voxel,
     voxel_to_physical,
 )
@@ -111,11 +109,12 @@ def itk_image_to_array(image: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _as_ddf(ddf: torch.Tensor | np.ndarray, caller: str) -> tuple[torch.Tensor, int]:
+    """The checked field on the CPU, its dtype kept (the conversion sums in float64 slab by slab)."""
     t = torch.as_tensor(ddf)
     dims = check_ddf(t, caller=caller)
     if t.shape[0] != 1:
         raise ValueError(f"{caller}: `ddf` must hold one field (batch 1), got shape {tuple(t.shape)}.")
-    return t.detach().to("cpu", torch.float64), dims
+    return t.detach().cpu(), dims
 
 
 def ddf_to_itk_field(
@@ -130,28 +129,9 @@ def ddf_to_itk_field(
         moving_affine: RAS affine of the moving image's voxel grid, if it differs from the fixed one.
     """
     caller = "ddf_to_itk_field"
-    if moving_affine is None:  # the usual case: d = flip A_F u, component by component (terms with 0 skipped)
-        t = torch.as_tensor(ddf).detach().cpu()
-        dims = check_ddf(t, caller=caller)
-        if t.shape[0] != 1:
-            raise ValueError(f"{caller}: `ddf` must hold one field (batch 1), got shape {tuple(t.shape)}.")
-        f = as_affine(fixed_affine, dims, "fixed_affine", caller)
-        m = lps_flip(dims) @ f[:dims, :dims]
-        u = t[0].numpy()
-        arr = np.empty((*u.shape[1:][::-1], dims), dtype=np.float32)  # (*S reversed, D): ITK's array order
-        slab = 32  # planes of axis 0 at a time: small float64 temporaries
-        for a in range(0, u.shape[1], slab):
-            part = u[:, a : a + slab]
-            for c in range(dims):
-                comp = np.zeros(part.shape[1:], dtype=np.float64)
-                for k in range(dims):
-                    if m[c, k] != 0.0:
-                        comp += part[k].astype(np.float64) * m[c, k]
-                arr[(*([slice(None)] * (dims - 1)), slice(a, a + part.shape[1]), c)] = comp.astype(np.float32).T
-    else:
-        t, dims = _as_ddf(ddf, caller)
-        disp = voxel_to_physical(t, fixed_affine, moving_affine, lps=True)[0].numpy()  # (D, *S), LPS mm
-        arr = np.ascontiguousarray(disp.transpose(*range(dims, 0, -1), 0), dtype=np.float32)  # (*S reversed, D)
+    t, dims = _as_ddf(ddf, caller)
+    disp = voxel_to_physical(t, fixed_affine, moving_affine, lps=True)[0].numpy()  # (D, *S), LPS mm
+    arr = np.ascontiguousarray(disp.transpose(*range(dims, 0, -1), 0), dtype=np.float32)  # (*S reversed, D)
     itk = _itk()
     field_type = itk.Image[itk.Vector[itk.F, dims], dims]
     field = itk.GetImageFromArray(arr, ttype=field_type)

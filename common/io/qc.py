@@ -110,27 +110,18 @@ def save_qc_figure(
         ValueError: shapes that do not match, a field of the wrong dimension or channel count, NaN/Inf, not
             .png.
     """
-    from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
     p = Path(path)
     if p.suffix.lower() != ".png":
         raise ValueError(f"{_CALLER}: `path` must end with .png, got {p}.")
     imgs, ext, u, jac, fold_pct = _qc_inputs(fixed, moving, warped, ddf, extra, det)
-    f, spatial = imgs["fixed"], imgs["fixed"].shape
-    both = np.concatenate([f.ravel(), imgs["moving"].ravel()])
-    lo, hi = np.percentile(both, [1, 99])
-    del both
-    hi = hi if hi > lo else lo + 1.0
-    diffs = (np.abs(f - imgs["moving"]), np.abs(f - imgs["warped"]))
-    dmax = max(float(np.percentile(diffs[0], 99.5)), 1e-12)
-    jnorm = TwoSlopeNorm(vmin=min(float(jac.min()), 0.0), vcenter=1.0, vmax=max(float(jac.max()), 2.0))
-
+    lo, hi, diffs, dmax, jnorm = _display_scales(imgs, jac)
     cols = ["fixed", "moving", "warped", "|fixed - moving|", "|fixed - warped|", "grid on warped"]
     cols.append(f"det J (<=0: {fold_pct:.2f}%)")
     if ext is not None:
         cols.append(extra_label)
-    views = _views(len(spatial), spatial)
+    views = _views(imgs["fixed"].ndim, imgs["fixed"].shape)
     fig = Figure(figsize=(2.3 * len(cols), 2.4 * len(views) + 0.6), dpi=dpi)
     axes = fig.subplots(len(views), len(cols), squeeze=False)
     for r, (label, sl, (a, b)) in enumerate(views):
@@ -143,16 +134,10 @@ def save_qc_figure(
         _draw_grid(row[5], u[a][sl], u[b][sl])
         im_j = _draw_jacobian(row[6], jac[sl], jnorm)
         if ext is not None:
-            im_e = _show(row[7], ext, sl, cmap="magma")
-            fig.colorbar(im_e, ax=row[7], fraction=0.046, pad=0.02)
+            fig.colorbar(_show(row[7], ext, sl, cmap="magma"), ax=row[7], fraction=0.046, pad=0.02)
         fig.colorbar(im_d, ax=row[4], fraction=0.046, pad=0.02)
         fig.colorbar(im_j, ax=row[6], fraction=0.046, pad=0.02)
-        row[0].set_ylabel(label)
-        for c, ax in enumerate(row):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(cols[c], fontsize=9)
+        _label_row(row, label, cols if r == 0 else None)
     head = [title] if title else []
     if metrics:
         head.append("   ".join(f"{k}: {float(v):.4g}" for k, v in metrics.items()))
@@ -162,6 +147,32 @@ def save_qc_figure(
     with atomic_path(p) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return p
+
+
+def _display_scales(imgs: dict, jac: np.ndarray) -> tuple:
+    """Shared colour scales of :func:`save_qc_figure`: image window (1st-99th percentile of fixed and moving), the
+    two difference maps with their 99.5th-percentile maximum, and the Jacobian's norm centred at 1."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    f = imgs["fixed"]
+    both = np.concatenate([f.ravel(), imgs["moving"].ravel()])
+    lo, hi = np.percentile(both, [1, 99])
+    del both
+    hi = hi if hi > lo else lo + 1.0
+    diffs = (np.abs(f - imgs["moving"]), np.abs(f - imgs["warped"]))
+    dmax = max(float(np.percentile(diffs[0], 99.5)), 1e-12)
+    jnorm = TwoSlopeNorm(vmin=min(float(jac.min()), 0.0), vcenter=1.0, vmax=max(float(jac.max()), 2.0))
+    return lo, hi, diffs, dmax, jnorm
+
+
+def _label_row(row: Any, label: str, titles: list[str] | None) -> None:
+    """Row label on the first panel, no ticks, column titles on the first row."""
+    row[0].set_ylabel(label)
+    for c, ax in enumerate(row):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[c], fontsize=9)
 
 
 def _qc_inputs(fixed: Any, moving: Any, warped: Any, ddf: Any, extra: Any, det: Any) -> tuple:

@@ -33,20 +33,18 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+# MONAI Label puts this folder on sys.path while it loads main.py (so `lib` is found); `common` comes from the
+# label environment's install of this repository (make label-env: pip install -e .)
+from lib.infer import AtlasRegistrationInfer, PairRegistrationInfer, bad_request, find_bundles
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.app import MONAILabelApp
+
 APP_DIR = Path(__file__).resolve().parent
 REPO = APP_DIR.parents[1]
-for p in (str(REPO), str(APP_DIR)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from lib.infer import AtlasRegistrationInfer, PairRegistrationInfer, bad_request, find_bundles  # noqa: E402
-from monailabel.datastore.local import LocalDatastore  # noqa: E402
-from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
 from common.engines.label_app import check_image_upload, check_label_upload  # noqa: E402
 from common.io.nifti import ImageReadError  # noqa: E402

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-import benchmark  # noqa: E402
+from scripts import benchmark  # noqa: E402
 
 
 def _disc_pair(folder: Path, i: int, shift: float) -> dict[str, str]:

@@ -36,7 +36,7 @@ def _input_shape(bundle: Path, n: int) -> tuple[int, ...]:
     return tuple(int(eval(str(s), {"n": n})) for s in shape)  # "16*n" -> 16 n
 
 
-def _pair(tmp: Path, shape=(26, 30, 22)) -> dict[str, str]:
+def demo_pair(tmp: Path, shape=(26, 30, 22)) -> dict[str, str]:
     dims = len(shape)
     g = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
     out = {}
@@ -100,7 +100,7 @@ def _untrained_checkpoint(bundle, folder):
 
 
 def test_inference_workflow_writes_outputs_in_fixed_geometry(bundle, tmp_path):
-    files = _pair(tmp_path, (26, 30, 36) if _dims(bundle) == 3 else (100, 90))
+    files = demo_pair(tmp_path, (26, 30, 36) if _dims(bundle) == 3 else (100, 90))
     ckpt = _untrained_checkpoint(bundle, tmp_path)
     out = tmp_path / "out"
     wf = bundle_workflow(
@@ -152,7 +152,7 @@ def test_every_3d_brain_bundle_exposes_instance_optimisation():
 @pytest.mark.parametrize("bundle", IO_BUNDLES, ids=lambda p: p.name)
 def test_instance_iterations_refine_the_written_field(bundle, tmp_path):
     """``instance_iterations`` > 0: the refined field is what every output carries, and it matches better."""
-    files = _pair(tmp_path, (26, 30, 36))
+    files = demo_pair(tmp_path, (26, 30, 36))
     ckpt = _untrained_checkpoint(bundle, tmp_path)
     metrics, disp = {}, {}
     for iters in (0, 30):

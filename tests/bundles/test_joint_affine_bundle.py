@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from test_bundles import ROOT, _pair
+from test_bundles import ROOT, demo_pair
 
 from common.engines.bundle import bundle_workflow
 
@@ -47,7 +47,7 @@ def _infer(tmp_path, files, ckpt, component, **overrides):
 
 
 def test_affine_file_maps_fixed_points_like_the_affine_displacement_output(tmp_path):
-    files = _pair(tmp_path, (26, 30, 36))
+    files = demo_pair(tmp_path, (26, 30, 36))
     ckpt = _checkpoint(tmp_path)
     affine_dir = _infer(tmp_path, files, ckpt, "affine")
     total_dir = _infer(tmp_path, files, ckpt, "total")
@@ -77,7 +77,7 @@ def test_affine_file_maps_fixed_points_like_the_affine_displacement_output(tmp_p
 
 @pytest.mark.parametrize("component", ["total", "deformable"])
 def test_other_components_differ_from_the_affine_part(tmp_path, component):
-    files = _pair(tmp_path, (26, 30, 36))
+    files = demo_pair(tmp_path, (26, 30, 36))
     ckpt = _checkpoint(tmp_path)
     a = np.asarray(nib.load(_infer(tmp_path, files, ckpt, "affine") / "disp.nii.gz").dataobj)
     b = np.asarray(nib.load(_infer(tmp_path, files, ckpt, component) / "disp.nii.gz").dataobj)
@@ -94,7 +94,7 @@ def test_a_failing_affine_export_leaves_no_half_written_pair_folder(tmp_path, mo
         raise OSError("No space left on device")
 
     monkeypatch.setattr(common.io.itk_affine, "write_itk_affine", full_disk)
-    files = _pair(tmp_path, (26, 30, 36))
+    files = demo_pair(tmp_path, (26, 30, 36))
     with pytest.raises(Exception) as info:  # MONAI's config runner wraps the error
         _infer(tmp_path, files, _checkpoint(tmp_path), "total")
     chain, exc = [], info.value
@@ -107,10 +107,7 @@ def test_a_failing_affine_export_leaves_no_half_written_pair_folder(tmp_path, mo
 
 
 def test_study_checkpoint_choice_names_the_file_and_rejects_bad_values(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from joint_affine_study import checkpoint_path
+    from scripts.joint_affine_study import checkpoint_path
 
     ck = tmp_path / "noanat" / "checkpoints"
     ck.mkdir(parents=True)
@@ -125,7 +122,7 @@ def test_study_checkpoint_choice_names_the_file_and_rejects_bad_values(tmp_path)
 
 
 def test_affine_refinement_option_improves_a_wrong_network_affine(tmp_path):
-    files = _pair(tmp_path, (26, 30, 36))
+    files = demo_pair(tmp_path, (26, 30, 36))
     ckpt = _checkpoint(tmp_path)  # its affine part is a fixed, wrong map for every pair
     plain = _infer(tmp_path, files, ckpt, "affine")
     refined = _infer(tmp_path, files, ckpt, "affine", affine_iterations=60, affine_lr=0.02)

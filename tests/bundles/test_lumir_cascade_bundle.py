@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -67,9 +66,8 @@ def test_training_branches_carry_no_labels_and_real_pairs_use_the_chosen_subject
 
 
 def test_train_lumir_config_trains_on_a_lumir_layout(tmp_path):
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    prep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prep)
+    from scripts import prepare_data as prep
+
     root = tmp_path / "LUMIR"
     ras = np.diag([1.0, 1.0, 1.0, 1.0])
     training = []

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_workflows import make_tiny_brain_dataset
+
+from tests.bundles.test_train_workflows import make_tiny_brain_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = sorted(p.parent.parent for p in (ROOT / "bundles").glob("*/configs/multi_gpu_train.json"))

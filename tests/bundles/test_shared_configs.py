@@ -10,15 +10,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "sync_bundle_configs.py"
+SHARED = ROOT / "bundles" / "_shared"
+
+
+def _check(shared: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--shared", str(shared), "--check", "True"],
+                          capture_output=True, text=True)  # fmt: skip
 
 
 def test_every_bundle_copy_equals_the_shared_fragment():
-    sys.path.insert(0, str(SCRIPT.parent))
-    from sync_bundle_configs import differing
-
-    listing = json.loads((ROOT / "bundles" / "_shared" / "shared.json").read_text())
+    listing = json.loads((SHARED / "shared.json").read_text())
     assert sum(len(v) for v in listing.values()) >= 13
-    assert differing() == []
+    fragment = json.loads((SHARED / "brain_train.fragment.json").read_text())
+    assert len(fragment["bundles"]) == 4 and {"train#trainer", "validate#evaluator", "run"} <= set(fragment["ids"])
+    proc = _check(SHARED)
+    assert proc.returncode == 0, proc.stdout
 
 
 def test_check_names_a_drifted_copy_and_sync_repairs_it(tmp_path):
@@ -31,8 +37,29 @@ def test_check_names_a_drifted_copy_and_sync_repairs_it(tmp_path):
         shutil.copyfile(shared / "logging.conf", tmp_path / "bundles" / b / "configs" / "logging.conf")
     (tmp_path / "bundles" / "b2" / "configs" / "logging.conf").write_text("changed\n")
     run = [sys.executable, str(SCRIPT), "--shared", str(shared)]
-    proc = subprocess.run([*run, "--check", "True"], capture_output=True, text=True)
+    proc = _check(shared)
     assert proc.returncode == 1 and "b2/configs/logging.conf: differs" in proc.stdout and "b1" not in proc.stdout
     assert subprocess.run(run, capture_output=True, text=True).returncode == 0
     assert (tmp_path / "bundles" / "b2" / "configs" / "logging.conf").read_text() == "[loggers]\nkeys=root\n"
-    assert subprocess.run([*run, "--check", "True"], capture_output=True, text=True).returncode == 0
+    assert _check(shared).returncode == 0
+
+
+def test_a_drifted_config_value_is_named_and_only_that_id_is_repaired(tmp_path):
+    shared = tmp_path / "bundles" / "_shared"
+    shared.mkdir(parents=True)
+    (shared / "shared.json").write_text("{}")
+    ids = {"seed": 0, "train#trainer": {"_target_": "T", "max_epochs": "@max_epochs"}}
+    fragment = {"config": "train.json", "bundles": ["b1", "b2"], "ids": ids}
+    (shared / "t.fragment.json").write_text(json.dumps(fragment))
+    own = {"b1": {"lr": 1e-4, "seed": 0, "train": {"trainer": ids["train#trainer"], "dataset": "d1"}},
+           "b2": {"lr": 4e-4, "seed": 3, "train": {"trainer": {"_target_": "T"}, "dataset": "d2"}}}  # fmt: skip
+    for b, config in own.items():
+        (tmp_path / "bundles" / b / "configs").mkdir(parents=True)
+        (tmp_path / "bundles" / b / "configs" / "train.json").write_text(json.dumps(config, indent=4) + "\n")
+    proc = _check(shared)
+    assert proc.returncode == 1 and "b1" not in proc.stdout
+    assert "b2/configs/train.json: differs" in proc.stdout and "(seed, train#trainer)" in proc.stdout
+    subprocess.run([sys.executable, str(SCRIPT), "--shared", str(shared)], check=True, capture_output=True)
+    repaired = json.loads((tmp_path / "bundles" / "b2" / "configs" / "train.json").read_text())
+    assert repaired == {"lr": 4e-4, "seed": 0, "train": {"trainer": ids["train#trainer"], "dataset": "d2"}}
+    assert _check(shared).returncode == 0

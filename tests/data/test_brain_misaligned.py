@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,10 +16,9 @@ SHAPE = (30, 34, 28)
 
 
 def _prepare():
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from scripts import prepare_data
+
+    return prepare_data
 
 
 def _brain_folder(tmp: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,10 +22,9 @@ VAL_PAIRS = (("3454", "3455"), ("3456", "3457"))  # (moving, fixed)
 
 
 def _prepare():
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from scripts import prepare_data
+
+    return prepare_data
 
 
 PREP = _prepare()

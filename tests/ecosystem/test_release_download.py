@@ -15,10 +15,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests" / "bundles"))
-from release import package  # noqa: E402
-from test_bundles import _pair  # noqa: E402
+from scripts.release import package  # noqa: E402
+from tests.bundles.test_bundles import demo_pair  # noqa: E402
 
 NAME = "cardiac_cine_ngf_bspline"
 
@@ -82,7 +80,7 @@ def test_download_from_local_server_runs_and_tampered_weights_are_refused(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (got / "models" / "model.pt").read_bytes() == (b / "models" / "model.pt").read_bytes()
     # the downloaded bundle runs inference
-    files = _pair(tmp_path, (100, 90))
+    files = demo_pair(tmp_path, (100, 90))
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "common", "register", "--bundle", str(got), "--moving", files["moving"],

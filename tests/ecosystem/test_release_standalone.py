@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from release import package, runtime_requirements  # noqa: E402
+from scripts.release import package, runtime_requirements  # noqa: E402
 
 NAME = "brain_mri_hybrid_loss"
 

@@ -13,7 +13,7 @@ SHAPE = (36, 40, 32)
 SHIFT = np.array([3.0, -2.0, 0.0])  # moving(x + SHIFT) = fixed(x), voxels
 
 
-def _pair(tmp) -> dict[str, str]:
+def demo_pair(tmp) -> dict[str, str]:
     g = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in SHAPE], indexing="ij"))
     aff = np.diag([-2.0, 2.0, 2.0, 1.0])
     aff[:3, 3] = (30.0, -40.0, -20.0)
@@ -41,13 +41,13 @@ def _check(result, pair):
 
 
 def test_itk_affine_recovers_the_shift(tmp_path):
-    pair = _pair(tmp_path)
+    pair = demo_pair(tmp_path)
     _check(itk_affine(pair), pair)
 
 
 @pytest.mark.skipif(not peer_available("ants"), reason="antspyx not installed (optional peer)")
 def test_ants_affine_recovers_the_shift(tmp_path):
-    pair = _pair(tmp_path)
+    pair = demo_pair(tmp_path)
     _check(ants_affine(pair, threads=1), pair)
 
 
@@ -55,7 +55,7 @@ def test_ants_affine_recovers_the_shift(tmp_path):
 def test_elastix_bspline_improves_overlap_and_takes_parameter_overrides(tmp_path):
     from common.engines.baselines import elastix_bspline
 
-    pair = _pair(tmp_path)
+    pair = demo_pair(tmp_path)
     fixed = np.asarray(nib.load(pair["fixed_label"]).dataobj).astype(np.int32)
     moving = np.asarray(nib.load(pair["moving_label"]).dataobj).astype(np.int32)
     before = np.mean(list(dice_per_label(moving, fixed).values()))
@@ -77,7 +77,7 @@ def test_elastix_bspline_improves_overlap_and_takes_parameter_overrides(tmp_path
 def test_convex_adam_recovers_the_shift_in_the_repo_convention(tmp_path):
     from common.engines.baselines import convex_adam
 
-    pair = _pair(tmp_path)
+    pair = demo_pair(tmp_path)
     res = convex_adam(pair, threads=1)
     fixed = np.asarray(nib.load(pair["fixed_label"]).dataobj).astype(np.int32)
     moving = np.asarray(nib.load(pair["moving_label"]).dataobj).astype(np.int32)

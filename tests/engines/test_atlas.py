@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import itk
@@ -13,8 +12,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from atlas_case import dice, moved_atlas  # noqa: E402
+from tests.atlas_case import dice, moved_atlas  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "brain_mri_hybrid_loss"
 TRAINED = (BUNDLE / "models" / "model.pt").is_file() and json.loads(

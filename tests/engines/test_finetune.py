@@ -67,12 +67,8 @@ def test_finetune_on_the_demo_scans_lowers_their_loss_and_writes_loadable_weight
 def test_saved_labels_add_the_label_term(tmp_path):
     """The atlas moved by a known rigid map, with its labels (values 1..32), paired with the atlas: the label term
     enters the loss (a different value than the same pairs without labels)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from atlas_case import moved_atlas
-
     from common.engines.label_app import to_slicer_values
+    from tests.atlas_case import moved_atlas
 
     image, truth, _ = moved_atlas(tmp_path)
     label = tmp_path / "label.nii.gz"

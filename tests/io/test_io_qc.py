@@ -13,7 +13,7 @@ from common.blocks import warp
 from common.io import save_qc_figure
 
 
-def _pair(shape, amplitude: float = 1.5):
+def demo_pair(shape, amplitude: float = 1.5):
     grids = np.meshgrid(*[np.linspace(0, 3, n) for n in shape], indexing="ij")
     fixed = np.sin(2 * grids[0]) + np.cos(3 * grids[1])
     moving = np.sin(2 * grids[0] + 0.4) + np.cos(3 * grids[1])
@@ -24,7 +24,7 @@ def _pair(shape, amplitude: float = 1.5):
 
 @pytest.mark.parametrize("shape, rows", [((24, 20), 1), ((16, 18, 14), 3)])
 def test_png_has_one_row_per_view(tmp_path, shape, rows):
-    fixed, moving, warped, ddf = _pair(shape)
+    fixed, moving, warped, ddf = demo_pair(shape)
     path = save_qc_figure(fixed, moving, warped, ddf, tmp_path / "qc.png", title="pair 1")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 20_000
@@ -35,7 +35,7 @@ def test_png_has_one_row_per_view(tmp_path, shape, rows):
 
 
 def test_extra_column_metrics_and_torch_batched_inputs(tmp_path):
-    fixed, moving, warped, ddf = _pair((12, 14, 10))
+    fixed, moving, warped, ddf = demo_pair((12, 14, 10))
     uncertainty = torch.rand(1, 1, 12, 14, 10)
     path = save_qc_figure(
         torch.tensor(fixed)[None, None],
@@ -52,7 +52,7 @@ def test_extra_column_metrics_and_torch_batched_inputs(tmp_path):
 
 
 def test_folding_changes_the_figure(tmp_path):
-    fixed, moving, warped, ddf = _pair((20, 22))
+    fixed, moving, warped, ddf = demo_pair((20, 22))
     folded = ddf.clone()
     folded[:, 0, 8:12] = -4.0 * torch.linspace(-1, 1, 4).view(4, 1)  # a compressive flip along axis 0
     a = save_qc_figure(fixed, moving, warped, ddf, tmp_path / "a.png")
@@ -73,7 +73,7 @@ def test_folding_changes_the_figure(tmp_path):
     ],
 )
 def test_bad_inputs_raise_value_error_naming_the_argument(tmp_path, change, match):
-    args = change(*_pair((8, 9, 7)))
+    args = change(*demo_pair((8, 9, 7)))
     with pytest.raises(ValueError, match=match):
         save_qc_figure(*args, tmp_path / "qc.png")
     assert list(tmp_path.iterdir()) == []
@@ -81,7 +81,7 @@ def test_bad_inputs_raise_value_error_naming_the_argument(tmp_path, change, matc
 
 def test_rejects_non_png_path(tmp_path):
     with pytest.raises(ValueError, match="path"):
-        save_qc_figure(*_pair((8, 9)), tmp_path / "qc.jpg")
+        save_qc_figure(*demo_pair((8, 9)), tmp_path / "qc.jpg")
 
 
 def test_failed_save_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -90,5 +90,5 @@ def test_failed_save_leaves_no_temp_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", boom)
     with pytest.raises(OSError, match="disk full"):
-        save_qc_figure(*_pair((8, 9)), tmp_path / "qc.png")
+        save_qc_figure(*demo_pair((8, 9)), tmp_path / "qc.png")
     assert list(tmp_path.iterdir()) == []

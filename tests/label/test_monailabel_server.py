@@ -14,7 +14,6 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,11 +28,9 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from atlas_case import dice, moved_atlas  # noqa: E402
-
 from common.data.brain.labels import BRAIN_EVAL_LABELS  # noqa: E402
 from common.engines.label_app import slicer_segments, to_slicer_values  # noqa: E402
+from tests.atlas_case import dice, moved_atlas  # noqa: E402
 
 LABEL_VENV = Path(os.environ.get("LABEL_VENV", ROOT / ".venv-label"))
 if not LABEL_VENV.is_absolute():

@@ -53,3 +53,28 @@ def test_every_method_package_has_a_bundle_and_no_method_imports_another():
         for source in (ROOT / "common" / "methods" / method).glob("*.py"):
             others = set(re.findall(r"common\.methods\.(\w+)", source.read_text())) - {method}
             assert not others, (source, others)
+
+
+def test_no_script_or_test_edits_sys_path_and_nothing_imports_a_private_name_across_packages():
+    """Scripts and tests import through packages (``scripts.x``, ``tests.x``, ``common.x``), not by putting folders on
+    ``sys.path``; in the product (``common``, ``scripts``) a ``_private`` name of ``common`` is used only inside its
+    own package (tests may reach the private helpers of the module they test)."""
+    import ast
+
+    edits, private = [], []
+    files = [*(ROOT / "scripts").rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "common").rglob("*.py")]
+    for path in files:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append"):
+                if isinstance(node.value, ast.Attribute) and node.value.attr == "path":
+                    if isinstance(node.value.value, ast.Name) and node.value.value.id == "sys":
+                        edits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            product = ROOT / "tests" not in path.parents
+            if product and isinstance(node, ast.ImportFrom) and (node.module or "").startswith("common."):
+                home = ROOT / Path(*node.module.split(".")[:-1])
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and path.parent != home:
+                        private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
+    assert edits == []
+    assert private == []

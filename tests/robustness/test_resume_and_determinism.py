@@ -16,8 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "brain_mri_hybrid_loss"
-sys.path.insert(0, str(ROOT / "tests" / "bundles"))
-from test_train_workflows import make_tiny_brain_dataset  # noqa: E402
+from tests.bundles.test_train_workflows import make_tiny_brain_dataset  # noqa: E402
 
 
 def _train_cmd(datalist: Path, out: Path, max_epochs: int, epoch_length: int) -> list[str]:
@@ -138,10 +137,9 @@ def test_training_with_a_fixed_seed_reproduces_the_first_losses(tmp_path):
 def test_inference_is_bit_identical_on_cpu(tmp_path):
     from monai.bundle import ConfigParser
 
-    sys.path.insert(0, str(ROOT / "tests" / "bundles"))
-    from test_bundles import _pair
+    from tests.bundles.test_bundles import demo_pair
 
-    files = _pair(tmp_path)
+    files = demo_pair(tmp_path)
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser["bundle_root"] = str(BUNDLE)

@@ -38,6 +38,7 @@ __all__ = ["PhantomRanges", "sample_phantom_params"]
 class PhantomRanges:
     """Uniform sampling ranges ``(low, high)`` of :func:`sample_phantom_params` (mm, degrees, fractions)."""
 
+    # end-diastolic anatomy: left ventricle, myocardium, right ventricle, structures inside the cavity
     lv_radius_mm: tuple[float, float] = (14.0, 31.0)
     lv_axis_ratio: tuple[float, float] = (0.8, 1.0)
     harmonic_amplitude: float = 0.02
@@ -52,11 +53,13 @@ class PhantomRanges:
     n_trabeculae: tuple[int, int] = (0, 6)
     n_vessels: tuple[int, int] = (0, 8)
     center_jitter_mm: float = 5.0
+    # end-systolic motion
     cavity_shrink: tuple[float, float] = (0.3, 0.6)
     myo_area_gain: tuple[float, float] = (1.0, 1.15)
     rv_shrink: tuple[float, float] = (0.25, 0.5)
     twist_deg: tuple[float, float] = (-6.0, 6.0)
     shift_mm: float = 3.0
+    # appearance: intensities, background, fat, texture, acquisition
     blood_scale: tuple[float, float] = (0.9, 1.05)
     myo_scale: tuple[float, float] = (0.85, 1.15)
     rv_blood_ratio: tuple[float, float] = (0.85, 1.0)
