@@ -23,8 +23,9 @@ def test_shape_levels_and_identity_start(dims, size, finest_level):
     assert out.shape == (2, dims, *size)
     # heads start at ~0 (std 1e-5): the untrained network is (almost) the identity
     assert out.abs().max() < 1e-3
-    assert len(net.last_levels) == 3 - finest_level
-    for lvl, field in zip(range(2, finest_level - 1, -1), net.last_levels):
+    levels = net.forward_levels(x)
+    assert len(levels) == 3 - finest_level
+    for lvl, field in zip(range(2, finest_level - 1, -1), levels):
         assert field.shape[2:] == tuple(s // 2**lvl for s in size)
 
 

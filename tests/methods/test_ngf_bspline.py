@@ -7,14 +7,17 @@ import torch
 
 from common.engines.registration import RegistrationLoss
 from common.losses import CurvatureRegulariser, LabelSSDLoss, NGFLoss
-from common.methods.ngf_bspline import BSplineToDDF, MultiLevelRegistrationLoss, SharedStreamBSplineNet
+from common.methods.ngf_bspline import AllLevels, BSplineToDDF, MultiLevelRegistrationLoss, SharedStreamBSplineNet
 
 
 def test_levels_shapes_and_finest_output():
     net = SharedStreamBSplineNet(image_size=(48, 48), strides=(16, 8, 4), stream_channels=(4, 8), enc_channels=(8, 8))
-    y = net(torch.rand(2, 2, 48, 48))
-    assert [tuple(level.shape[2:]) for level in net.last_levels] == [(6, 6), (9, 9), (15, 15)]
-    assert y is net.last_levels[-1] and y.shape == (2, 2, 15, 15)
+    x = torch.rand(2, 2, 48, 48)
+    y, levels = net(x), AllLevels(net)(x)
+    assert [tuple(level.shape[2:]) for level in levels] == [(6, 6), (9, 9), (15, 15)]
+    assert torch.equal(y, levels[-1]) and y.shape == (2, 2, 15, 15)
+    # the training view adds no parameters and no key prefix to the network's own state
+    assert list(dict(AllLevels(net).network.state_dict())) == list(net.state_dict())
     # starts near identity: the heads are initialised near zero
     assert y.abs().max() < 1e-2
 
@@ -45,16 +48,14 @@ def test_multilevel_loss_is_the_weighted_sum_of_single_level_losses():
     targets = {"moving_image": x[:, :1], "fixed_image": x[:, 1:], "moving_label": lab, "fixed_label": lab.flip(-1)}
     terms = {"image_losses": [NGFLoss(0.1)], "label_losses": [LabelSSDLoss()], "regularisers": [CurvatureRegulariser()],
              "regulariser_weights": [10.0], "num_classes": 3}  # fmt: skip
-    ml = MultiLevelRegistrationLoss(net, [BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
-    pred = net(x)
-    total = ml(pred, targets)
-    single = [
-        RegistrationLoss(pred_to_ddf=BSplineToDDF(s), **terms)(lv, targets) for s, lv in zip((8, 4), net.last_levels)
-    ]
+    ml = MultiLevelRegistrationLoss([BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
+    levels = AllLevels(net)(x)
+    total = ml(levels, targets)
+    single = [RegistrationLoss(pred_to_ddf=BSplineToDDF(s), **terms)(lv, targets) for s, lv in zip((8, 4), levels)]
     assert torch.allclose(total, 0.25 * single[0] + 0.75 * single[1], atol=1e-6)
     total.backward()
     assert all(p.grad is not None for p in net.heads.parameters())
-    assert "network" not in dict(ml.named_modules())  # the network is not part of the loss's state
+    assert not any(name.startswith("network") for name in dict(ml.named_modules()))  # the loss holds no network
 
 
 def _multilevel_setup():
@@ -69,33 +70,37 @@ def _multilevel_setup():
 
 
 def test_multilevel_loss_under_a_ddp_wrapper_uses_every_level(tmp_path):
-    """Given the DistributedDataParallel wrapper (one CPU process, gloo on a file store), the loss reads the levels
-    of the wrapped network: the same total as without the wrapper, not a silent single-level loss."""
+    """Given DistributedDataParallel around the training view (one CPU process, gloo on a file store), the levels come
+    out of DDP's own forward: the same total as without the wrapper, gradients in every level's head, not a silent
+    single-level loss."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
     net, x, targets, terms = _multilevel_setup()
-    plain = MultiLevelRegistrationLoss(net, [BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
-    expected = plain(net(x), targets)
-    finest_only = RegistrationLoss(pred_to_ddf=BSplineToDDF(4), **terms)(net.last_levels[-1], targets)
+    loss = MultiLevelRegistrationLoss([BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
+    expected = loss(AllLevels(net)(x), targets)
+    finest_only = RegistrationLoss(pred_to_ddf=BSplineToDDF(4), **terms)(net(x), targets)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        ddp = DistributedDataParallel(net)
-        wrapped = MultiLevelRegistrationLoss(ddp, [BSplineToDDF(8), BSplineToDDF(4)], [0.25, 0.75], **terms)
-        total = wrapped(ddp(x), targets)
+        ddp = DistributedDataParallel(AllLevels(net))
+        levels = ddp(x)
+        total = loss(levels, targets)
         total.backward()
     finally:
         dist.destroy_process_group()
+    assert isinstance(levels, list) and len(levels) == 2
     assert torch.allclose(total, expected, atol=1e-6)
     assert not torch.allclose(total, finest_only, atol=1e-4)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.heads[0].parameters())  # coarse level too
 
 
 def test_multilevel_loss_rejects_a_level_count_that_does_not_match():
     net, x, targets, terms = _multilevel_setup()
-    three = MultiLevelRegistrationLoss(net, [BSplineToDDF(16), BSplineToDDF(8), BSplineToDDF(4)], **terms)
-    with pytest.raises(ValueError, match="holds 2 level\\(s\\).*3 level_to_ddf"):
-        three(net(x), targets)
-    other = SharedStreamBSplineNet(image_size=(32, 32), strides=(8, 4), stream_channels=(4, 8), enc_channels=(8,))
-    stale = MultiLevelRegistrationLoss(other, [BSplineToDDF(8), BSplineToDDF(4)], **terms)  # never ran forward
-    with pytest.raises(ValueError, match="give the loss the network that ran this forward pass"):
-        stale(net(x), targets)
+    three = MultiLevelRegistrationLoss([BSplineToDDF(16), BSplineToDDF(8), BSplineToDDF(4)], **terms)
+    with pytest.raises(ValueError, match="holds 2 level\\(s\\) for 3 level_to_ddf"):
+        three(AllLevels(net)(x), targets)
+    two = MultiLevelRegistrationLoss([BSplineToDDF(8), BSplineToDDF(4)], **terms)
+    with pytest.raises(ValueError, match="holds 1 level\\(s\\).*wrapped in common.methods.ngf_bspline.AllLevels"):
+        two(net(x), targets)  # the plain network's one tensor: an error, not the finest level alone
+    with pytest.raises(TypeError, match="no forward_levels"):
+        AllLevels(torch.nn.Linear(2, 2))

@@ -185,8 +185,8 @@ class CascadeRegNet(nn.Module):
         integrate: integrate each residual as a stationary velocity (scaling and squaring, ``int_steps``).
 
     Input ``(B, 2, *S)`` = ``[moving, fixed]`` with every ``S`` divisible by ``2 ** (len(enc_channels) - 1)``;
-    output the displacement ``(B, D, *S)`` in voxels of the input grid (:mod:`common.conventions`). The levels of
-    the last forward pass (coarse to fine, each on its own grid) are kept in :attr:`last_levels`.
+    output the displacement ``(B, D, *S)`` in voxels of the input grid (:mod:`common.conventions`).
+    :meth:`forward_levels` returns the field after each level instead (coarse to fine, each on its own grid).
     """
 
     def __init__(
@@ -249,7 +249,6 @@ class CascadeRegNet(nn.Module):
             if bilateral
             else None
         )
-        self.last_levels: list[torch.Tensor] = []
 
     def _encode(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         feats = []
@@ -264,11 +263,21 @@ class CascadeRegNet(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flow = self.forward_levels(x)[-1]
+        if flow.shape[2:] != x.shape[2:]:
+            flow = resize_flow(flow, x.shape[2:])
+        if self.bilateral is not None:
+            flow = self.bilateral(flow, x[:, 1:])
+        return flow
+
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The field after each estimating level, coarse to fine, each on its level's grid (before the final
+        resize to the input grid and the bilateral filter)."""
         check_pair_input(x, "CascadeRegNet", self.dims, 2, 2 ** (self.levels - 1))
         moving, fixed = x[:, :1], x[:, 1:]
         feats = self._encode(torch.cat([moving, fixed], dim=0))
         flow: torch.Tensor | None = None
-        self.last_levels = []
+        levels = []
         for lvl in range(self.levels - 1, self.finest_level - 1, -1):
             m_feat, f_feat = feats[lvl]
             if flow is not None:
@@ -280,10 +289,5 @@ class CascadeRegNet(nn.Module):
                 if self.integrator is not None:
                     residual = self.integrator(residual)
                 flow = residual if flow is None else compose_ddf(flow, residual)
-            self.last_levels.append(flow)
-        assert flow is not None
-        if flow.shape[2:] != x.shape[2:]:
-            flow = resize_flow(flow, x.shape[2:])
-        if self.bilateral is not None:
-            flow = self.bilateral(flow, fixed)
-        return flow
+            levels.append(flow)
+        return levels

@@ -35,13 +35,13 @@ class BSplineToDDF(PredToDDF):
 class MultiLevelRegistrationLoss(RegistrationLoss):
     """:class:`RegistrationLoss` summed over the levels of a multi-level prediction (deep supervision).
 
-    The network keeps its levels (coarse to fine) in ``network.last_levels``; level ``l`` is turned into a
-    displacement by ``level_to_ddf[l]`` and weighted by ``level_weights[l]``. ``pred`` (the finest level, what the
-    network returns) is only used when the network holds no levels. Term values in :attr:`last_terms` are the
-    weighted sums over levels; ``total`` is the loss.
+    ``pred`` is the list of levels, coarse to fine, as a network wrapped in
+    :class:`common.methods.ngf_bspline.AllLevels` returns it (the way MONAI's ``DeepSupervisionLoss`` takes a list);
+    level ``l`` is turned into a displacement by ``level_to_ddf[l]`` and weighted by ``level_weights[l]``. A single
+    tensor is accepted only when there is one level: a level count that does not match is an error, never a silent
+    single-level loss. Term values in :attr:`last_terms` are the weighted sums over levels; ``total`` is the loss.
 
     Args:
-        network: the module whose ``last_levels`` holds the predictions of the last forward pass.
         level_to_ddf: one :class:`PredToDDF` per level (e.g. :class:`BSplineToDDF` with strides 16, 8, 4).
         level_weights: weight per level (default equal, summing to 1).
         **kwargs: the :class:`RegistrationLoss` terms and weights (``pred_to_ddf`` is set per level).
@@ -49,31 +49,27 @@ class MultiLevelRegistrationLoss(RegistrationLoss):
 
     def __init__(
         self,
-        network: nn.Module,
         level_to_ddf: Sequence[PredToDDF],
         level_weights: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("pred_to_ddf", None)
         super().__init__(pred_to_ddf=level_to_ddf[-1], **kwargs)
-        self._network = [network]  # a list: keep the network out of this module's parameters/state dict
         self.level_to_ddf = nn.ModuleList(level_to_ddf)
         n = len(level_to_ddf)
         self.level_weights = [1.0 / n] * n if level_weights is None else [float(w) for w in level_weights]
         if len(self.level_weights) != n:
             raise ValueError(f"MultiLevelRegistrationLoss: {len(self.level_weights)} level_weights for {n} levels.")
 
-    def forward(self, pred: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        network = self._network[0]
-        while hasattr(network, "module") and isinstance(network.module, nn.Module):  # DDP / DataParallel wrappers
-            network = network.module
-        levels = list(getattr(network, "last_levels", []) or [pred])
-        if len(levels) != len(self.level_to_ddf) or tuple(levels[-1].shape) != tuple(pred.shape):
+    def forward(self, pred: torch.Tensor | Sequence[torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        levels = [pred] if isinstance(pred, torch.Tensor) else list(pred)
+        if len(levels) != len(self.level_to_ddf):
             raise ValueError(
-                f"MultiLevelRegistrationLoss: the network ({type(network).__name__}) holds {len(levels)} level(s) "
-                f"(finest {tuple(levels[-1].shape)}) for {len(self.level_to_ddf)} level_to_ddf entries and a "
-                f"prediction {tuple(pred.shape)}; give the loss the network that ran this forward pass."
+                f"MultiLevelRegistrationLoss: the prediction holds {len(levels)} level(s) for "
+                f"{len(self.level_to_ddf)} level_to_ddf entries; train the network wrapped in "
+                "common.methods.ngf_bspline.AllLevels, which returns every level."
             )
+        pred = levels[-1]
         pairs = list(zip(self.level_to_ddf, self.level_weights))
         total = pred.new_zeros(())
         terms: dict[str, float] = {}

@@ -7,8 +7,10 @@ supervision); the loss is a weighted sum over levels and inference uses only the
 
 Bundle contract: ``forward`` takes ONE tensor ``[moving, fixed]`` and returns ONE tensor, the finest control
 grid ``(B, D, *C)`` in voxels of the image grid (:class:`common.engines.registration.BSplineToDDF` turns it into
-a displacement). All levels of the last forward are kept in :attr:`last_levels` for the multi-level loss
-(:class:`common.engines.registration.MultiLevelRegistrationLoss`).
+a displacement). :meth:`SharedStreamBSplineNet.forward_levels` returns every level (coarse to fine); training wraps
+the network in :class:`AllLevels`, whose ``forward`` returns that list, so the multi-level loss
+(:class:`common.methods.ngf_bspline.MultiLevelRegistrationLoss`) receives the levels as the prediction itself (also
+through a ``DistributedDataParallel`` wrapper, whose forward is the only one that synchronises gradients).
 
 References:
     Hering A, Kuckertz S, Heldmann S, Heinrich MP. Enhancing Label-Driven Deep Deformable Image Registration
@@ -27,7 +29,7 @@ from torch import nn
 from common.blocks.bspline import control_grid_shape
 from common.networks.voxelmorph import FlowHead
 
-__all__ = ["SharedStreamBSplineNet"]
+__all__ = ["AllLevels", "SharedStreamBSplineNet"]
 
 
 def _block(dims: int, cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -77,9 +79,13 @@ class SharedStreamBSplineNet(nn.Module):
         for _ in self.strides:
             self.decoder.append(_block(spatial_dims, prev + skip, prev))
             self.heads.append(FlowHead(spatial_dims, prev))
-        self.last_levels: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The finest control grid ``(B, D, *C)`` (the bundle contract: one tensor in, one out)."""
+        return self.forward_levels(x)[-1]
+
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every level's control grid, coarse to fine (what the multi-level loss needs)."""
         if x.ndim != self.dims + 2 or x.shape[1] != 2:
             raise ValueError(
                 f"SharedStreamBSplineNet: expected (B, 2, *S) [moving, fixed] with {self.dims} spatial dims, got shape {tuple(x.shape)}."
@@ -101,5 +107,21 @@ class SharedStreamBSplineNet(nn.Module):
             skip = F.interpolate(joint, size=grid, mode=mode, align_corners=True)
             h = dec(torch.cat([up, skip], dim=1))
             levels.append(head(h))
-        self.last_levels = levels
-        return levels[-1]
+        return levels
+
+
+class AllLevels(nn.Module):
+    """Training view of a multi-level network: ``forward`` returns ``network.forward_levels(x)`` (coarse to fine).
+
+    The wrapped network is a submodule, so the optimiser, checkpoints and a ``DistributedDataParallel`` wrapper around
+    this module see the same parameters; save and load the network itself (its keys carry no prefix).
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        if not callable(getattr(network, "forward_levels", None)):
+            raise TypeError(f"AllLevels: {type(network).__name__} has no forward_levels(x) returning its levels.")
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.network.forward_levels(x)
