@@ -107,8 +107,7 @@ def save_qc_figure(
         The written path.
 
     Raises:
-        ValueError: shapes that do not match, a field of the wrong dimension or channel count, NaN/Inf, not
-            .png.
+        ValueError: shapes that do not match, a field of the wrong dimension or channel count, NaN/Inf, not .png.
     """
     from matplotlib.figure import Figure
 

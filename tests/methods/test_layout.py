@@ -78,3 +78,18 @@ def test_no_script_or_test_edits_sys_path_and_nothing_imports_a_private_name_acr
                         private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
     assert edits == []
     assert private == []
+
+
+def test_common_files_stay_under_400_lines_and_functions_under_80():
+    import ast
+
+    long_files, long_functions = [], []
+    for path in (ROOT / "common").rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 400:
+            long_files.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 >= 80:
+                long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long_files == []
+    assert long_functions == []
