@@ -44,6 +44,8 @@ def _set(config: dict, config_id: str, value: Any) -> None:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a is KeyError or b is KeyError:  # an id missing from one side
+        return a is b
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 

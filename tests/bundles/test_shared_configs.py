@@ -63,3 +63,18 @@ def test_a_drifted_config_value_is_named_and_only_that_id_is_repaired(tmp_path):
     repaired = json.loads((tmp_path / "bundles" / "b2" / "configs" / "train.json").read_text())
     assert repaired == {"lr": 4e-4, "seed": 0, "train": {"trainer": ids["train#trainer"], "dataset": "d2"}}
     assert _check(shared).returncode == 0
+
+
+def test_an_id_missing_from_a_bundle_is_named_and_added(tmp_path):
+    shared = tmp_path / "bundles" / "_shared"
+    shared.mkdir(parents=True)
+    (shared / "shared.json").write_text("{}")
+    ids = {"seed": 0, "train#schedule": {"_target_": "S"}}
+    (shared / "t.fragment.json").write_text(json.dumps({"config": "train.json", "bundles": ["b1"], "ids": ids}))
+    (tmp_path / "bundles" / "b1" / "configs").mkdir(parents=True)
+    (tmp_path / "bundles" / "b1" / "configs" / "train.json").write_text(json.dumps({"seed": 0, "train": {}}))
+    proc = _check(shared)
+    assert proc.returncode == 1 and "(train#schedule)" in proc.stdout
+    subprocess.run([sys.executable, str(SCRIPT), "--shared", str(shared)], check=True, capture_output=True)
+    config = json.loads((tmp_path / "bundles" / "b1" / "configs" / "train.json").read_text())
+    assert config == {"seed": 0, "train": {"schedule": {"_target_": "S"}}}
