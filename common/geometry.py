@@ -289,20 +289,28 @@ def world_map_ddf(
 
 
 def ddf_to_fixed_grid(
-    ddf_net: torch.Tensor, net_affine: np.ndarray, fixed_affine: np.ndarray, fixed_shape: Sequence[int]
+    ddf_net: torch.Tensor,
+    net_affine: np.ndarray,
+    fixed_affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    slab: int = 16,
 ) -> torch.Tensor:
     """Map a displacement from the network grid to the fixed image's own grid (voxels of the fixed grid).
 
     The world displacement ``d(p)`` is interpolated at each fixed voxel centre (border extrapolation outside the
-    network grid) and expressed in fixed voxels: ``u_fixed(x) = M_fixed^-1 d(A_fixed x)``.
+    network grid) and expressed in fixed voxels: ``u_fixed(x) = M_fixed^-1 d(A_fixed x)``. The fixed grid goes
+    ``slab`` planes (axis 0) at a time, so its float64 coordinates and samples never exist whole (about 0.5 GB at a
+    1 mm brain's size); every voxel gets the value the whole-grid computation gives.
     """
     dims = ddf_net.shape[1]
-    d_world = voxel_to_physical(ddf_net.to(torch.float64), net_affine)  # A_net u (RAS mm)
-    coords = grid_coords(fixed_affine, fixed_shape, net_affine, dtype=torch.float64).to(ddf_net.device)
-    d_at_fixed = sample_at(d_world, coords, mode="bilinear", padding_mode="border")
-    inv = np.linalg.inv(np.asarray(fixed_affine, dtype=np.float64)[:dims, :dims])
-    out = torch.einsum("ij,bj...->bi...", torch.as_tensor(inv, device=ddf_net.device), d_at_fixed)
-    return out.to(ddf_net.dtype)
+    d_world = voxel_to_physical(ddf_net.to(torch.float64), net_affine)  # A_net u (RAS mm), on the network grid
+    inv = torch.as_tensor(np.linalg.inv(np.asarray(fixed_affine, dtype=np.float64)[:dims, :dims]), device=ddf_net.device)
+    shape = tuple(int(n) for n in fixed_shape)
+    out = torch.empty((ddf_net.shape[0], dims, *shape), dtype=ddf_net.dtype, device=ddf_net.device)
+    for a, b, coords in _slab_coords(net_affine, fixed_affine, shape, None, slab):
+        d_at_fixed = sample_at(d_world, coords.to(ddf_net.device), mode="bilinear", padding_mode="border")
+        out[:, :, a:b] = torch.einsum("ij,bj...->bi...", inv, d_at_fixed).to(ddf_net.dtype)
+    return out
 
 
 def warp_to_fixed(

@@ -4,6 +4,7 @@ a CSV of the loss terms, and export of a plain state dict for ``models/model.pt`
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,13 +32,15 @@ __all__ = [
 class _AtomicDiskSaver(DiskSaver):
     """Ignite save handler: temp file + fsync + rename, and removals deferred until the next save has landed."""
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, stale_glob: str | None = None):
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, stale_glob: str | None = None,
+                 record_score: bool = False):  # fmt: skip
         super().__init__(dirname=str(dirname), atomic=True, create_dir=True, require_empty=False)
         self.filename = filename
         self._pending: list[str] = []
         # files an earlier (interrupted) process left under the same name pattern: ignite only tracks the files
         # of its own process, so these are removed once this process's first checkpoint has landed
         self._stale_glob = stale_glob
+        self.record_score = record_score
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         name = self.filename or filename
@@ -45,6 +48,9 @@ class _AtomicDiskSaver(DiskSaver):
             torch.save(checkpoint, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if self.record_score and metadata is not None:
+            with atomic_path(_score_record(Path(self.dirname) / name)) as tmp:
+                tmp.write_text(json.dumps({"priority": float(metadata["priority"]), "ignite_name": filename}) + "\n")
         pending, self._pending = self._pending, []
         if self._stale_glob:
             pending += [p.name for p in Path(self.dirname).glob(self._stale_glob) if not p.name.startswith(".")]
@@ -66,9 +72,9 @@ class SafeCheckpointSaver(CheckpointSaver):
     written to a hidden temporary name, fsynced and renamed (normal permissions kept), and older checkpoints are
     removed only after the new one is complete; a kill at any moment leaves the previous checkpoint loadable.
 
-    With ``n_saved=1`` the interval checkpoint also replaces the ones an earlier, interrupted run left in
-    ``save_dir`` (ignite forgets them across processes, so a resumed run would otherwise keep one stale file per
-    interruption).
+    ignite forgets across processes what it saved, so on resume: with ``n_saved=1`` the interval checkpoint replaces
+    the ones an interrupted run left, and the best-metric checkpoint is replaced only by a better score (recorded in
+    ``<name>.score.json`` beside it).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -81,9 +87,24 @@ class SafeCheckpointSaver(CheckpointSaver):
                     name = "checkpoint" if len(self.save_dict) > 1 else next(iter(self.save_dict))
                     stale = f"{name}_{'epoch' if self.epoch_level else 'iteration'}=*.pt"
                     stale = f"{ckpt.filename_prefix}_{stale}" if ckpt.filename_prefix else stale
-                ckpt.save_handler = _AtomicDiskSaver(
-                    self.save_dir, getattr(ckpt.save_handler, "filename", None), stale_glob=stale
-                )
+                best = ckpt is self._key_metric_checkpoint  # its score is recorded and restored on resume
+                name = getattr(ckpt.save_handler, "filename", None)
+                ckpt.save_handler = _AtomicDiskSaver(self.save_dir, name, stale_glob=stale, record_score=best)
+                if best:
+                    _restore_best_score(ckpt)
+
+
+def _score_record(path: Path) -> Path:  # best_model.pt -> best_model.score.json
+    return path.with_name(path.name.split(".")[0] + ".score.json")
+
+
+def _restore_best_score(ckpt: Any) -> None:
+    """Give a resumed run the score of the best checkpoint an earlier run left (ignite keeps it in memory only, so
+    the first validation after a resume used to overwrite ``best_model.pt`` whatever its score)."""
+    best = Path(ckpt.save_handler.dirname) / (ckpt.save_handler.filename or "none")
+    if ckpt.save_handler.filename and best.is_file() and _score_record(best).is_file():
+        saved = json.loads(_score_record(best).read_text())
+        ckpt.load_state_dict({"_saved": [(float(saved["priority"]), str(saved["ignite_name"]))]})
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "latest*.pt") -> Path | None:

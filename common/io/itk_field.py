@@ -30,6 +30,7 @@ and *Harden transform* resamples the moving image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ __all__ = [
     "write_itk_displacement",
     "read_itk_displacement",
 ]
+
+_SLAB_BYTES = 4 << 20  # what the streaming NIfTI writer converts and writes at a time
 
 _FIELD_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii.gz", ".nii")
 
@@ -177,25 +180,63 @@ def write_itk_displacement(
     """
     p = Path(path)
     _check_suffix(p, _FIELD_SUFFIXES, "write_itk_displacement")
+    if compresslevel is not None and p.name.lower().endswith((".nii.gz", ".nii")):
+        return _write_itk_nifti(ddf, fixed_affine, moving_affine, p, compresslevel)
     field = ddf_to_itk_field(ddf, fixed_affine, moving_affine)
-    if compresslevel is not None and p.name.lower().endswith(".nii.gz"):
-        import tempfile
-
-        from common.io.nifti import gzip_file
-
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, raw = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".nii", dir=p.parent)
-        os.close(fd)
-        try:
-            _itk().imwrite(field, raw, compression=False)
-            del field
-            gzip_file(raw, p, compresslevel)
-        finally:
-            os.unlink(raw)
-        return p
     with atomic_path(p) as tmp:
         _itk().imwrite(field, str(tmp), compression=True)
     return p
+
+
+def _itk_nifti_header(fixed_affine: np.ndarray, shape: tuple[int, ...], dims: int) -> bytes:
+    """The 352 bytes (header + empty extension flag) ITK's NIfTI writer puts before a displacement field of this
+    geometry and size: ITK writes a one-voxel field with the same origin, spacing and direction, and only the size
+    entries of ``dim`` are set here (nothing else in the header depends on the size)."""
+    import tempfile
+
+    import nibabel as nib
+
+    itk = _itk()
+    field_type = itk.Image[itk.Vector[itk.F, dims], dims]
+    tiny = itk.GetImageFromArray(np.zeros((1,) * dims + (dims,), np.float32), ttype=field_type)
+    _set_geometry(tiny, np.asarray(fixed_affine, dtype=np.float64), "write_itk_displacement")
+    with tempfile.TemporaryDirectory(prefix="itk_header_") as tmp:
+        itk.imwrite(tiny, os.path.join(tmp, "h.nii"), compression=False)
+        with open(os.path.join(tmp, "h.nii"), "rb") as fh:
+            raw = fh.read(352)
+    header = nib.Nifti1Header(raw[:348])
+    header["dim"][1 : dims + 1] = shape
+    return header.binaryblock + raw[348:352]
+
+
+def _write_itk_nifti(
+    ddf: torch.Tensor | np.ndarray,
+    fixed_affine: np.ndarray,
+    moving_affine: np.ndarray | None,
+    path: Path,
+    compresslevel: int,
+) -> Path:
+    """The file ITK's NIfTI writer makes for :func:`ddf_to_itk_field` (same header bytes, same data bytes), streamed
+    component by component and slab by slab into a gzip stream (``.nii.gz``; ``.nii``: raw), atomically.
+
+    ITK's writer holds the vector image and a second, component-major copy of it (about 0.3 GB at 1 mm with the
+    conversion); here one LPS field in mm is held and the data go out in slabs. A NIfTI vector image stores the
+    components in its 5th dimension, so component 0 of every voxel comes first, each in Fortran order (x fastest).
+    """
+    from common.io.nifti import _gzip_writer
+
+    t, dims = _as_ddf(ddf, "write_itk_displacement")
+    disp = voxel_to_physical(t, fixed_affine, moving_affine, lps=True)[0].numpy()  # (D, *S), LPS mm
+    header = _itk_nifti_header(fixed_affine, tuple(int(s) for s in disp.shape[1:]), dims)
+    step = max(1, _SLAB_BYTES // max(1, int(np.prod(disp.shape[1:-1])) * 4))  # slabs along the last axis
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with contextlib.ExitStack() as stack:
+            out = raw if not path.name.lower().endswith(".gz") else stack.enter_context(_gzip_writer(raw, compresslevel))
+            out.write(header)
+            for comp in disp:
+                for k in range(0, comp.shape[-1], step):
+                    out.write(np.ascontiguousarray(comp[..., k : k + step].T, dtype=np.float32).data)
+    return path
 
 
 def read_itk_displacement(

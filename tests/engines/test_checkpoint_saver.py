@@ -1,7 +1,11 @@
-"""SafeCheckpointSaver: a resumed run's interval checkpoint replaces the ones an interrupted run left behind."""
+"""SafeCheckpointSaver: a resumed run's interval checkpoint replaces the ones an interrupted run left behind, and its
+best-metric checkpoint is replaced only by a better score than the earlier run's."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from ignite.engine import Engine
 
@@ -29,3 +33,43 @@ def test_with_several_kept_checkpoints_earlier_files_are_left_alone(tmp_path):
     (tmp_path / "latest_checkpoint_epoch=9.pt").write_bytes(b"x")
     names = _run(tmp_path, n_saved=3, epochs=2)
     assert names == ["latest_checkpoint_epoch=1.pt", "latest_checkpoint_epoch=2.pt", "latest_checkpoint_epoch=9.pt"]
+
+
+
+def _validate(folder, scores: list[float]) -> None:
+    """One process's validations (one per epoch) with these scores; the network's weight is set to the score, so
+    the weight in ``best_model.pt`` tells which validation it came from."""
+    net = torch.nn.Linear(1, 1, bias=False)
+
+    def step(engine, batch):
+        value = scores[engine.state.epoch - 1]
+        engine.state.metrics["dice"] = value
+        with torch.no_grad():
+            net.weight.fill_(value)
+
+    evaluator = Engine(step)
+    SafeCheckpointSaver(save_dir=str(folder), save_dict={"model": net}, save_key_metric=True, key_metric_name="dice",
+                        key_metric_filename="best_model.pt").attach(evaluator)  # fmt: skip
+    evaluator.run([0], max_epochs=len(scores))
+
+
+def _best(folder) -> float:
+    return round(float(torch.load(folder / "best_model.pt", weights_only=True)["weight"]), 4)
+
+
+def test_a_resumed_run_replaces_the_best_model_only_with_a_better_score(tmp_path):
+    _validate(tmp_path, [0.5, 0.7, 0.6])
+    assert _best(tmp_path) == 0.7
+    assert json.loads((tmp_path / "best_model.score.json").read_text())["priority"] == pytest.approx(0.7)
+    _validate(tmp_path, [0.65, 0.68])  # a new process: worse than the earlier run's best
+    assert _best(tmp_path) == 0.7
+    _validate(tmp_path, [0.69, 0.75, 0.72])
+    assert _best(tmp_path) == 0.75
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "best_model.score.json"]
+
+
+def test_a_best_model_without_a_score_record_is_replaced_as_before(tmp_path):
+    _validate(tmp_path, [0.9])
+    (tmp_path / "best_model.score.json").unlink()  # e.g. written before score records existed
+    _validate(tmp_path, [0.3])
+    assert _best(tmp_path) == 0.3

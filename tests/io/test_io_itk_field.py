@@ -88,6 +88,36 @@ def test_2d_field_round_trip(tmp_path):
     assert torch.allclose(back.double(), ddf, atol=2e-5) and np.allclose(affine, aff)
 
 
+
+@pytest.mark.parametrize("slab_bytes", [4 << 20, 200], ids=["one_slab", "many_slabs"])
+@pytest.mark.parametrize(
+    "fixed, moving, shape",
+    [
+        (OASIS_LIA, None, SHAPE),
+        (oblique_lia(), oblique_lia(spacing=(1.0, 1.1, 0.8), degrees=-5.0, origin=(3.0, 2.0, 1.0)), SHAPE),
+        (np.array([[0.0, -0.7, 5.0], [1.3, 0.0, -2.0], [0.0, 0.0, 1.0]]), None, (8, 6)),
+    ],
+    ids=["oasis_lia", "oblique_two_grids", "2d"],
+)
+def test_streamed_nifti_is_byte_for_byte_itks_file(tmp_path, monkeypatch, slab_bytes, fixed, moving, shape):
+    """With a gzip level (what inference uses) .nii/.nii.gz fields are streamed by this module, not written by ITK:
+    the decompressed file must be exactly the one ITK's NIfTI writer makes from the same field."""
+    import gzip
+
+    from common.io import itk_field
+
+    monkeypatch.setattr(itk_field, "_SLAB_BYTES", slab_bytes)
+    ddf = smooth_field(shape, amplitude=2.5)
+    itk.imwrite(itk_field.ddf_to_itk_field(ddf, fixed, moving), str(tmp_path / "itk.nii"), compression=False)
+    reference = (tmp_path / "itk.nii").read_bytes()
+    streamed = write_itk_displacement(ddf, fixed, tmp_path / "f.nii.gz", moving_affine=moving, compresslevel=0)
+    raw = write_itk_displacement(ddf, fixed, tmp_path / "f.nii", moving_affine=moving, compresslevel=1)
+    assert gzip.decompress(streamed.read_bytes()) == reference
+    assert raw.read_bytes() == reference
+    back, affine = read_itk_displacement(streamed, moving_affine=moving)
+    assert torch.allclose(back.double(), ddf, atol=2e-5) and np.allclose(affine, fixed, atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
 @pytest.mark.parametrize("suffix", [".tfm", ".txt", ".mat"])
 @pytest.mark.parametrize("moving", [None, oblique_lia(spacing=(1.0, 1.0, 2.0), degrees=20.0)])
 def test_affine_file_maps_fixed_points_to_moving_points(tmp_path, suffix, moving):
