@@ -63,10 +63,11 @@ def same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str, caller: s
         raise ValueError(f"{caller}: shapes differ: `{name_a}` {a.shape} vs `{name_b}` {b.shape}.")
 
 
-def ddf_array(ddf: Any, caller: str, name: str = "ddf") -> np.ndarray:
+def ddf_array(ddf: Any, caller: str, name: str = "ddf", float64: bool = True) -> np.ndarray:
     """A single displacement field ``(D, *S)`` or ``(1, D, *S)`` in voxels -> float64 ``(D, *S)``.
 
-    Validated with :func:`common.conventions.check_ddf` (rank, channel count, finite values).
+    Validated with :func:`common.conventions.check_ddf` (rank, channel count, finite values). ``float64=False``
+    keeps a float32 field as it is (no 1 mm-sized float64 copy; for callers that convert slab by slab).
     """
     arr = to_numpy(ddf, name, caller)
     # (D, *S) for 2D is rank 3; rank 4 is (1, 2, H, W) when it starts with 1, else (3, H, W, Z)
@@ -79,7 +80,8 @@ def ddf_array(ddf: Any, caller: str, name: str = "ddf") -> np.ndarray:
         )
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{caller}: `{name}` must be a real-valued field, got dtype {arr.dtype}.")
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+    keep = not float64 and arr.dtype in (np.float32, np.float64)
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=arr.dtype if keep else np.float64))
     check_ddf(t, name=name, caller=caller)
     return t[0].numpy()
 

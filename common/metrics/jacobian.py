@@ -26,7 +26,7 @@ _Offsets = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 def _central_det(u: np.ndarray, caller: str, slab: int = 16) -> np.ndarray:
-    """Central-difference ``det(I + grad u)`` of a validated ``(D, *S)`` float64 field.
+    """Central-difference ``det(I + grad u)`` of a validated ``(D, *S)`` field, in float64.
 
     Same scheme as :func:`common.blocks.jacobian.jacobian_matrix` (central differences inside, first-order
     one-sided at the edge; a test pins the equality) but with ``np.gradient`` and an explicit determinant:
@@ -43,7 +43,7 @@ def _central_det(u: np.ndarray, caller: str, slab: int = 16) -> np.ndarray:
     for a in range(0, n, slab):
         b = min(a + slab, n)
         lo, hi = max(a - 1, 0), min(b + 1, n)  # halo: central differences at the slab's own edges
-        block = u[:, lo:hi]
+        block = u[:, lo:hi].astype(np.float64)  # a float32 field is converted here, one slab at a time
         cols = []
         for j in range(dims):  # column j = d phi / d x_j
             col = np.stack([np.gradient(block[k], axis=j) for k in range(dims)])
@@ -64,7 +64,7 @@ def jacobian_determinant(ddf: Any) -> np.ndarray:
     Returns:
         float64 array of shape ``S``; values <= 0 mark folding.
     """
-    u = ddf_array(ddf, "jacobian_determinant")
+    u = ddf_array(ddf, "jacobian_determinant", float64=False)
     return _central_det(u, "jacobian_determinant")
 
 
@@ -87,13 +87,14 @@ def sdlogj(ddf: Any, crop: int = 2, det: np.ndarray | None = None) -> float:
     """
     if int(crop) != crop or crop < 0:
         raise ValueError(f"sdlogj: `crop` must be a non-negative integer, got {crop!r}.")
-    u = ddf_array(ddf, "sdlogj")
+    u = ddf_array(ddf, "sdlogj", float64=False)
     shape = u.shape[1:]
     if any(n <= 2 * crop for n in shape):
         raise ValueError(f"sdlogj: `crop`={crop} leaves no voxel of the field's grid {tuple(shape)}.")
     det = _central_det(u, "sdlogj") if det is None else _given_det(det, shape, "sdlogj")
-    det = det[tuple(slice(crop, n - crop) for n in shape)]
-    return float(np.log(np.clip(det + 3.0, 1e-9, 1e9)).std())
+    x = det[tuple(slice(crop, n - crop) for n in shape)] + 3.0
+    np.log(np.clip(x, 1e-9, 1e9, out=x), out=x)  # in place: one 1 mm-sized temporary instead of three
+    return float(x.std())
 
 
 def percent_folding(ddf: Any, mask: Any = None, det: np.ndarray | None = None) -> float:
@@ -104,7 +105,7 @@ def percent_folding(ddf: Any, mask: Any = None, det: np.ndarray | None = None) -
         mask: optional region (non-zero = inside) of shape ``S``; default all voxels.
         det: :func:`jacobian_determinant` of ``ddf`` when the caller has it already (shape ``S``).
     """
-    u = ddf_array(ddf, "percent_folding")
+    u = ddf_array(ddf, "percent_folding", float64=False)
     m = mask_array(mask, u.shape[1:], "percent_folding")
     det = _central_det(u, "percent_folding") if det is None else _given_det(det, u.shape[1:], "percent_folding")
     return float(100.0 * np.count_nonzero((det <= 0) & m) / np.count_nonzero(m))

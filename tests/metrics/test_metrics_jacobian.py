@@ -190,3 +190,19 @@ def test_ndv_positive_definite_shear_is_zero_and_chunking_is_invisible():
 def test_bad_fields(fn, args, exc, match):
     with pytest.raises(exc, match=match):
         fn(*args)
+
+
+def test_a_float32_field_gives_the_values_of_its_float64_copy():
+    """The metrics convert a float32 field slab by slab (no whole float64 copy at 1 mm): same numbers exactly."""
+    import torch
+
+    from common.metrics import percent_folding, sdlogj
+    from common.metrics.jacobian import jacobian_determinant
+
+    torch.manual_seed(0)
+    u = torch.nn.functional.interpolate(torch.randn(1, 3, 5, 6, 7) * 4, size=(40, 35, 45), mode="trilinear")[0].numpy()
+    det = jacobian_determinant(u)
+    assert det.dtype == np.float64 and np.array_equal(det, jacobian_determinant(u.astype(np.float64)))
+    assert 0 < percent_folding(u) == percent_folding(u.astype(np.float64))
+    expected = float(np.log(np.clip(det[2:-2, 2:-2, 2:-2] + 3.0, 1e-9, 1e9)).std())  # the Learn2Reg formula
+    assert sdlogj(u) == sdlogj(u.astype(np.float64), det=det) == expected
