@@ -47,7 +47,7 @@ def _field(ddf: torch.Tensor | np.ndarray, spatial: tuple[int, ...]) -> torch.Te
         )
     if tuple(t.shape[2:]) != spatial or t.shape[0] != 1:
         raise ValueError(f"{_CALLER}: `ddf` must have shape (1, {dims}, *{spatial}), got {tuple(t.shape)}.")
-    return t.to(torch.float64)
+    return t if t.is_floating_point() else t.to(torch.float64)  # no 1 mm-sized float64 copy of a float32 field
 
 
 def _show(ax: Any, img: np.ndarray, sl: tuple, **kw: Any) -> Any:
@@ -155,7 +155,7 @@ def _display_scales(imgs: dict, jac: np.ndarray) -> tuple:
 
     f = imgs["fixed"]
     both = np.concatenate([f.ravel(), imgs["moving"].ravel()])
-    lo, hi = np.percentile(both, [1, 99])
+    lo, hi = np.percentile(both, [1, 99], overwrite_input=True)  # `both` is a copy: sorted in place
     del both
     hi = hi if hi > lo else lo + 1.0
     diffs = (np.abs(f - imgs["moving"]), np.abs(f - imgs["warped"]))
@@ -195,7 +195,7 @@ def _qc_inputs(fixed: Any, moving: Any, warped: Any, ddf: Any, extra: Any, det: 
         raise ValueError(f"{_CALLER}: `det` has shape {jac.shape} but `fixed` has {spatial}.")
     fold_pct = 100.0 * float((jac <= 0).mean())
     jac = jac.astype(np.float32)  # display only (the sign survives the cast; fold_pct is from float64)
-    return imgs, ext, u[0].numpy().astype(np.float32), jac, fold_pct
+    return imgs, ext, u[0].numpy().astype(np.float32, copy=False), jac, fold_pct
 
 
 def _draw_grid(ax: Any, ua: np.ndarray, ub: np.ndarray) -> None:
