@@ -223,11 +223,19 @@ def resample_to_grid(
     target_shape: Sequence[int],
     mode: str = "bilinear",
     padding_mode: str = "zeros",
+    slab: int = 16,
 ) -> torch.Tensor:
-    """Resample ``image`` ``(B, C, *S)`` from its grid onto another grid through world coordinates."""
-    coords = grid_coords(target_affine, target_shape, source_affine, dtype=torch.float64)
-    out = sample_at(image.to(torch.float64), coords.to(image.device), mode=mode, padding_mode=padding_mode)
-    return out.to(image.dtype if image.is_floating_point() else torch.float32)
+    """Resample ``image`` ``(B, C, *S)`` from its grid onto another grid through world coordinates.
+
+    The target grid goes ``slab`` planes (axis 0) at a time (its float64 coordinates never exist whole); the values
+    are those of the whole-grid computation."""
+    shape = tuple(int(n) for n in target_shape)
+    src = image.to(torch.float64)
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    out = torch.empty((image.shape[0], image.shape[1], *shape), dtype=dtype, device=image.device)
+    for a, b, coords in _slab_coords(source_affine, target_affine, shape, None, slab):
+        out[:, :, a:b] = sample_at(src, coords.to(image.device), mode=mode, padding_mode=padding_mode).to(dtype)
+    return out
 
 
 def resample_array(
