@@ -232,8 +232,26 @@ def _check_pair_files(pair: dict[str, Any]) -> None:
             read_label_map(pair[key])
 
 
+def _register_all(run: Any, todo: list[tuple[str, dict[str, Any]]], out: Path, failed: dict[str, str]) -> None:
+    """``run(todo)`` in one go; when a pair fails (or is left without outputs), the pairs not finished are run one at
+    a time, each failure recorded in ``failed`` (pair name -> one-line message)."""
+    try:
+        run(todo)
+        unfinished = [n for n, _ in todo if not (out / n / "metrics.json").is_file()]
+        if unfinished:
+            raise RuntimeError(f"{', '.join(unfinished)}: no outputs")  # never a pair silently lost
+    except (*USER_ERRORS, RuntimeError):
+        for name, pair in todo:
+            if (out / name / "metrics.json").is_file():
+                continue
+            try:
+                run([(name, pair)])
+            except (*USER_ERRORS, RuntimeError) as exc:
+                failed[name] = friendly(exc)
+
+
 def _batch(
-    bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume, outputs, compression
+    bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume, outputs, compression, pipeline
 ) -> int:
     b = _bundle_dir(bundle)
     weights = _check_weights(b, ckpt)
@@ -273,22 +291,13 @@ def _batch(
             _run(b, {
                 "datalist": str(listing), "datalist_section": "test", "output_dir": str(o),
                 "overwrite": bool(overwrite), "ckpt_path": weights, "device": f"$torch.device('{device}')", **extra,
+                "postprocessing#pipeline": bool(pipeline) and len(entries) > 1,
             })  # fmt: skip
         finally:
             listing.unlink(missing_ok=True)
 
     if todo:
-        try:
-            run(todo)
-        except (*USER_ERRORS, RuntimeError):
-            # a pair failed while registering: finish the others one at a time, recording each failure
-            for name, pair in todo:
-                if (o / name / "metrics.json").is_file():
-                    continue
-                try:
-                    run([(name, pair)])
-                except (*USER_ERRORS, RuntimeError) as exc:
-                    failed[name] = friendly(exc)
+        _register_all(run, todo, o, failed)
     if failed:
         merge_summary(o / "summary.csv", [{"name": n, "bundle": b.name, "status": f"failed: {m}"}
                                           for n, m in failed.items()])  # fmt: skip
@@ -311,6 +320,7 @@ def batch(
     resume: bool = False,
     outputs: str | None = None,
     compression: int | None = None,
+    pipeline: bool = True,
 ) -> None:
     """Register every pair of a datalist JSON (``{"test": [{"moving_image": ..., "fixed_image": ...}]}``),
     with a progress bar, and write ``out/summary.csv`` with one row of metrics per pair.
@@ -327,12 +337,14 @@ def batch(
         resume: skip the pairs whose outputs are complete in ``out`` (an earlier, interrupted or failed batch).
         outputs: comma-separated outputs to write for every pair (see ``register``).
         compression: gzip level 0-9 for every file (see ``register``).
+        pipeline: write each pair's outputs in the background while the next pair is read and registered (same
+            files; one pair's outputs in flight at a time); ``--pipeline False`` writes them before going on.
 
     A pair with a bad file is reported on one line (naming the pair, the file and the problem), recorded in
     ``summary.csv`` as ``failed: ...``, and the others go on; the exit code is 1 when any pair failed.
     """
     code = _guard(_batch, bundle, datalist, out, section, device, overwrite, ckpt, instance_iterations, resume,
-                  outputs, compression)  # fmt: skip
+                  outputs, compression, pipeline)  # fmt: skip
     if code:
         sys.exit(code)
 

@@ -225,10 +225,8 @@ def resample_to_grid(
     padding_mode: str = "zeros",
     slab: int = 16,
 ) -> torch.Tensor:
-    """Resample ``image`` ``(B, C, *S)`` from its grid onto another grid through world coordinates.
-
-    The target grid goes ``slab`` planes (axis 0) at a time (its float64 coordinates never exist whole); the values
-    are those of the whole-grid computation."""
+    """Resample ``image`` ``(B, C, *S)`` from its grid onto another grid through world coordinates, ``slab`` target
+    planes (axis 0) at a time (float64 coordinates never exist whole; the same values as in one pass)."""
     shape = tuple(int(n) for n in target_shape)
     src = image.to(torch.float64)
     dtype = image.dtype if image.is_floating_point() else torch.float32
@@ -297,22 +295,16 @@ def world_map_ddf(
 
 
 def ddf_to_fixed_grid(
-    ddf_net: torch.Tensor,
-    net_affine: np.ndarray,
-    fixed_affine: np.ndarray,
-    fixed_shape: Sequence[int],
-    slab: int = 16,
+    ddf_net: torch.Tensor, net_affine: np.ndarray, fixed_affine: np.ndarray, fixed_shape: Sequence[int], slab: int = 16
 ) -> torch.Tensor:
     """Map a displacement from the network grid to the fixed image's own grid (voxels of the fixed grid).
 
     The world displacement ``d(p)`` is interpolated at each fixed voxel centre (border extrapolation outside the
-    network grid) and expressed in fixed voxels: ``u_fixed(x) = M_fixed^-1 d(A_fixed x)``. The fixed grid goes
-    ``slab`` planes (axis 0) at a time, so its float64 coordinates and samples never exist whole (about 0.5 GB at a
-    1 mm brain's size); every voxel gets the value the whole-grid computation gives.
-    """
+    network grid) and expressed in fixed voxels: ``u_fixed(x) = M_fixed^-1 d(A_fixed x)``, ``slab`` fixed planes
+    (axis 0) at a time (0.5 GB less at 1 mm; every voxel gets the value of the whole-grid computation)."""
     dims = ddf_net.shape[1]
     d_world = voxel_to_physical(ddf_net.to(torch.float64), net_affine)  # A_net u (RAS mm), on the network grid
-    inv = torch.as_tensor(np.linalg.inv(np.asarray(fixed_affine, dtype=np.float64)[:dims, :dims]), device=ddf_net.device)
+    inv = torch.from_numpy(np.linalg.inv(np.asarray(fixed_affine, dtype=np.float64)[:dims, :dims])).to(d_world.device)
     shape = tuple(int(n) for n in fixed_shape)
     out = torch.empty((ddf_net.shape[0], dims, *shape), dtype=ddf_net.dtype, device=ddf_net.device)
     for a, b, coords in _slab_coords(net_affine, fixed_affine, shape, None, slab):

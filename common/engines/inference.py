@@ -190,6 +190,11 @@ class SaveRegistrationOutputsd(Transform):
             ``moving_affine`` and ``fixed_shape`` as numpy arrays.
         bundle_root, ckpt_path: recorded in ``metrics.json`` (``provenance``: bundle, version, weights and their
             sha256) and ``summary.csv`` (``bundle``), and named when a pair folder written by another run is refused.
+        pipeline: write a pair's outputs in a background thread while the next pair is read and registered
+            (``python -m common batch`` does). At most one pair is being written at a time; its error surfaces when
+            the next pair arrives or when the run ends (:class:`common.engines.summary.RegistrationSummaryHandler`
+            waits for it); the item's ``registration_pending`` is that future, whose result is the completed item
+            (with its ``registration`` record).
         inverse_to_ddf: for methods with an inverse transform (e.g. ``SVFToDDF(inverse=True)``): turns ``pred``
             into the inverse displacement on the network grid. Then also written, on the MOVING image's grid:
             ``inverse_displacement_itk.nii.gz`` (pulls the fixed image onto the moving one), ``warped_fixed.nii.gz``
@@ -211,8 +216,10 @@ class SaveRegistrationOutputsd(Transform):
         instance_optimiser: Any = None,
         bundle_root: str | None = None,
         ckpt_path: str | None = None,
+        pipeline: bool = False,
     ) -> None:
         self.pred_to_ddf = pred_to_ddf
+        self.pipeline, self._pool, self._pending = bool(pipeline), None, None
         self.bundle_root, self.ckpt_path = bundle_root, ckpt_path
         self.outputs = parse_outputs(outputs)
         if compression is not None and (isinstance(compression, bool) or not 0 <= int(compression) <= 9):
@@ -232,7 +239,14 @@ class SaveRegistrationOutputsd(Transform):
         self._written: set[str] = set()
         fix_malloc_mmap_threshold()  # inference only: fewer 1 mm volumes left resident (see the function)
 
+    def wait(self) -> None:
+        """Wait until the pair being written in the background (``pipeline``) is done; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.wait()  # the previous pair's outputs were written while this pair was read and registered
         start = time.perf_counter()
         geo = {k: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in item["geometry"].items()}
         paths = item["paths"]
@@ -288,6 +302,18 @@ class SaveRegistrationOutputsd(Transform):
             fixed=fixed, selected=self.outputs, compression=self.compression, inverse_to_ddf=self.inverse_to_ddf,
             extra_outputs=self.extra_outputs, extra_files=self.extra_files, qc_extra=self.qc_extra,
         )  # fmt: skip
+        args = (ctx, item, out, final_out, paths, timings, refine_s, start)
+        if not self.pipeline:
+            return self._complete(*args)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pair-outputs")
+        self._pending = item["registration_pending"] = self._pool.submit(self._complete, *args)
+        return item
+
+    def _complete(self, ctx, item, out, final_out, paths, timings, refine_s, start) -> dict[str, Any]:
+        """Write the outputs into the hidden ``out`` folder, then ``metrics.json``, then rename it to ``final_out``."""
         try:
             t_out = time.perf_counter()
             written, metrics, writer_s = write_pair_outputs(ctx, self.threads)
@@ -319,6 +345,7 @@ class SaveRegistrationOutputsd(Transform):
         if "t_start" in item:
             # reading + resampling + network + mapping back + writing the outputs, for this pair
             metrics["seconds_total"] = timings["total"] = time.perf_counter() - float(item["t_start"])
+        timings["finished_at"] = time.time()  # wall clock: a batch's throughput is the spacing of these
         written = {k: str(final_out / Path(v).name) for k, v in written.items()}
         timings = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in timings.items()}
         record = {"pair": paths, "provenance": self._provenance or {}, "metrics": metrics, "outputs": written,

@@ -26,7 +26,9 @@ class EpochLearningRate:
     def __init__(self, optimizer: torch.optim.Optimizer, initial: float, milestones: Mapping[str | int, float]):
         self.optimizer, self.initial = optimizer, float(initial)
         self.milestones = sorted((int(epoch), float(rate)) for epoch, rate in dict(milestones or {}).items())
-        bad = [f"{e}: {r}" for e, r in self.milestones if e < 1 or r <= 0] + ([] if self.initial > 0 else [str(initial)])
+        bad = [f"{e}: {r}" for e, r in self.milestones if e < 1 or r <= 0] + (
+            [] if self.initial > 0 else [str(initial)]
+        )
         if bad:
             raise ValueError(f"learning-rate schedule: epochs start at 1 and rates must be > 0 (got {', '.join(bad)}).")
 

@@ -19,6 +19,7 @@ class RegistrationSummaryHandler:
     def __init__(self, output_dir: str) -> None:
         self.output_dir = Path(output_dir)
         self.rows: list[dict[str, Any]] = []
+        self._waiting: list[dict[str, Any]] = []  # items still being written in the background (pipeline)
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
@@ -29,19 +30,43 @@ class RegistrationSummaryHandler:
 
     def _write_and_raise(self, engine, exc: Exception) -> None:
         """A failing pair stops the run: the pairs finished before it still get their summary rows."""
-        self._write(engine)
+        self._resolve(wait=True, raise_errors=False)
+        if self.rows:
+            merge_summary(self.output_dir / "summary.csv", self.rows)
         raise exc
 
     def _collect(self, engine) -> None:
         output = engine.state.output
         items = output if isinstance(output, list) else [output]
-        for it in items:
-            if isinstance(it, dict) and "registration" in it:
-                self.rows.append(dict(it["registration"]))
+        self._waiting += [it for it in items if isinstance(it, dict) and "registration_pending" in it]
+        self.rows += [dict(it["registration"]) for it in items
+                      if isinstance(it, dict) and "registration" in it and "registration_pending" not in it]  # fmt: skip
+        self._resolve(wait=False, raise_errors=False)
+
+    def _resolve(self, wait: bool, raise_errors: bool) -> None:
+        """Rows of the background-written pairs that are done (all of them with ``wait``); a failed pair's error is
+        raised with ``raise_errors`` (at the end of the run; earlier, the next pair raises it)."""
+        error, waiting = None, []
+        for it in self._waiting:
+            future = it["registration_pending"]
+            if not (wait or future.done()):
+                waiting.append(it)
+            elif future.exception() is None:  # the future returns the item it completed (the evaluator's output
+                self.rows.append(dict(future.result()["registration"]))  # holds a copy of the item's keys)
+            elif raise_errors:
+                error = error or future.exception()
+            elif not wait:
+                waiting.append(it)  # a failure seen early is still raised when the run ends
+        self._waiting = waiting
+        if error is not None and raise_errors:
+            raise error
 
     def _write(self, engine) -> None:
-        if self.rows:
-            merge_summary(self.output_dir / "summary.csv", self.rows)
+        try:
+            self._resolve(wait=True, raise_errors=True)
+        finally:
+            if self.rows:
+                merge_summary(self.output_dir / "summary.csv", self.rows)
 
 
 def merge_summary(path: str | os.PathLike, rows: list[dict[str, Any]], key: str = "name") -> Path:

@@ -232,7 +232,9 @@ def _write_itk_nifti(
     step = max(1, _SLAB_BYTES // max(1, int(np.prod(disp.shape[1:-1])) * 4))  # slabs along the last axis
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
         with contextlib.ExitStack() as stack:
-            out = raw if not path.name.lower().endswith(".gz") else stack.enter_context(_gzip_writer(raw, compresslevel))
+            out = (
+                raw if not path.name.lower().endswith(".gz") else stack.enter_context(_gzip_writer(raw, compresslevel))
+            )
             out.write(header)
             for comp in disp:
                 for k in range(0, comp.shape[-1], step):

@@ -35,7 +35,6 @@ def test_with_several_kept_checkpoints_earlier_files_are_left_alone(tmp_path):
     assert names == ["latest_checkpoint_epoch=1.pt", "latest_checkpoint_epoch=2.pt", "latest_checkpoint_epoch=9.pt"]
 
 
-
 def _validate(folder, scores: list[float]) -> None:
     """One process's validations (one per epoch) with these scores; the network's weight is set to the score, so
     the weight in ``best_model.pt`` tells which validation it came from."""

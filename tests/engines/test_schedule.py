@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
 from common.engines.schedule import EpochLearningRate
 

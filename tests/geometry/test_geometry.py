@@ -323,5 +323,9 @@ def test_slab_by_slab_resampling_gives_the_whole_grid_values():
     shape = (23, 17, 19)
     img, ddf = torch.randn(2, 1, 20, 24, 18), torch.randn(2, 3, 20, 24, 18)
     whole = 10**6
-    assert torch.equal(resample_to_grid(img, net, fixed, shape, slab=3), resample_to_grid(img, net, fixed, shape, slab=whole))
-    assert torch.equal(ddf_to_fixed_grid(ddf, net, fixed, shape, slab=4), ddf_to_fixed_grid(ddf, net, fixed, shape, slab=whole))
+    assert torch.equal(
+        resample_to_grid(img, net, fixed, shape, slab=3), resample_to_grid(img, net, fixed, shape, slab=whole)
+    )
+    assert torch.equal(
+        ddf_to_fixed_grid(ddf, net, fixed, shape, slab=4), ddf_to_fixed_grid(ddf, net, fixed, shape, slab=whole)
+    )

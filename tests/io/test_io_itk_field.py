@@ -88,7 +88,6 @@ def test_2d_field_round_trip(tmp_path):
     assert torch.allclose(back.double(), ddf, atol=2e-5) and np.allclose(affine, aff)
 
 
-
 @pytest.mark.parametrize("slab_bytes", [4 << 20, 200], ids=["one_slab", "many_slabs"])
 @pytest.mark.parametrize(
     "fixed, moving",

@@ -197,6 +197,68 @@ def test_batch_goes_on_past_a_bad_pair_records_it_and_resumes(tmp_path, ckpt):
     assert proc.returncode == 2 and "pass --resume" in _last_error(proc)
 
 
+def _blob_pairs(tmp_path: Path, n: int = 3) -> Path:
+    entries = [{"id": f"p{i}", "moving_image": _save(tmp_path / f"m{i}.nii.gz", _blob(1.0 + 0.3 * i)),
+                "fixed_image": _save(tmp_path / f"f{i}.nii.gz", _blob())} for i in range(n)]  # fmt: skip
+    dl = tmp_path / "pairs.json"
+    dl.write_text(json.dumps({"test": entries}))
+    return dl
+
+
+def test_pipelined_batch_writes_what_the_sequential_batch_writes(tmp_path, ckpt):
+    """batch writes a pair's outputs while the next pair is registered (default): the same files, byte for byte, and
+    the same summary rows as ``--pipeline False``."""
+    dl = _blob_pairs(tmp_path)
+    outs = {}
+    for mode in ("True", "False"):
+        outs[mode] = tmp_path / f"out_{mode}"
+        proc = _cli("batch", "--bundle", BUNDLE, "--datalist", str(dl), "--out", str(outs[mode]), "--ckpt", ckpt,
+                    "--pipeline", mode)  # fmt: skip
+        assert proc.returncode == 0 and "3 pairs registered" in proc.stdout, proc.stderr[-2000:]
+    files = sorted(str(p.relative_to(outs["True"])) for p in outs["True"].rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(outs["False"])) for p in outs["False"].rglob("*") if p.is_file())
+    assert len([f for f in files if f.endswith("warped.nii.gz")]) == 3
+    for name in files:
+        if not name.endswith(("metrics.json", "summary.csv")):  # those hold timings
+            assert (outs["True"] / name).read_bytes() == (outs["False"] / name).read_bytes(), name
+    rows = {m: {r["name"]: r for r in csv.DictReader(open(outs[m] / "summary.csv"))} for m in outs}
+    assert set(rows["True"]) == {"p0", "p1", "p2"}
+    for name, row in rows["True"].items():
+        same = [k for k in row if not k.startswith(("seconds", "out_dir"))]
+        assert {k: row[k] for k in same} == {k: rows["False"][name][k] for k in same}
+    finished = sorted(json.loads((outs["True"] / p / "metrics.json").read_text())["timings"]["finished_at"]
+                      for p in ("p0", "p1", "p2"))  # fmt: skip
+    assert finished[0] < finished[1] < finished[2]
+
+
+@pytest.mark.parametrize("bad", ["p1", "p2"], ids=["while_the_next_registers", "the_last_pair"])
+def test_a_pair_whose_outputs_fail_in_the_background_is_reported_and_the_others_kept(tmp_path, ckpt, monkeypatch, bad):
+    """With the pipeline, a pair's writers fail in the background (p1: while p2 is registered; p2: the last pair,
+    found when the run ends): that pair gets its one-line failure in the summary and no folder (not even a partial
+    one), the others are complete, the exit code says a pair failed."""
+    import common.__main__ as cli
+    import common.engines.inference as inference
+
+    real = inference.write_pair_outputs
+
+    def failing(ctx, threads=2):
+        if ctx.title == bad:
+            raise OSError(f"{ctx.out}: No space left on device (simulated)")
+        return real(ctx, threads)
+
+    monkeypatch.setattr(inference, "write_pair_outputs", failing)
+    out = tmp_path / "out"
+    code = cli._batch(BUNDLE, str(_blob_pairs(tmp_path)), str(out), "test", "cpu", False, ckpt, None, False, None,
+                      None, True)  # fmt: skip
+    assert code == 1
+    good = sorted({"p0", "p1", "p2"} - {bad})
+    assert all((out / g / "metrics.json").is_file() for g in good)
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".lock")) == [*good, "summary.csv"]  # no partial
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows[bad]["status"].startswith("failed: ") and "No space left on device" in rows[bad]["status"]
+    assert all(rows[g]["status"] == "" for g in good)
+
+
 def test_datalist_with_a_number_for_a_path(tmp_path, ckpt):
     dl = tmp_path / "pairs.json"
     dl.write_text(json.dumps({"test": [{"moving_image": 3, "fixed_image": "f.nii.gz"}]}))
