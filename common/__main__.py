@@ -320,7 +320,7 @@ def batch(
     resume: bool = False,
     outputs: str | None = None,
     compression: int | None = None,
-    pipeline: bool = True,
+    pipeline: bool = False,
 ) -> None:
     """Register every pair of a datalist JSON (``{"test": [{"moving_image": ..., "fixed_image": ...}]}``),
     with a progress bar, and write ``out/summary.csv`` with one row of metrics per pair.
@@ -338,7 +338,8 @@ def batch(
         outputs: comma-separated outputs to write for every pair (see ``register``).
         compression: gzip level 0-9 for every file (see ``register``).
         pipeline: write each pair's outputs in the background while the next pair is read and registered (same
-            files; one pair's outputs in flight at a time); ``--pipeline False`` writes them before going on.
+            files; one pair's outputs in flight at a time): faster when the network dominates (lumir_cascade at 1 mm:
+            4.0 instead of 4.8 s per pair) at the cost of more memory (1.54 instead of 1.24 GiB), so off by default.
 
     A pair with a bad file is reported on one line (naming the pair, the file and the problem), recorded in
     ``summary.csv`` as ``failed: ...``, and the others go on; the exit code is 1 when any pair failed.

@@ -630,11 +630,11 @@ def split_rows(name: str, work: Path, pairs: int, device: str = "cpu") -> list[d
                  "total": wall, "peak_rss_gib": peak})  # fmt: skip
     listing = work / "pairs.json"
     listing.write_text(json.dumps({"test": test_pairs}))
-    runs = (("warm: `batch --pipeline False`, every output", None, ["--pipeline", "False"]),
-            ("warm: `batch`, every output", None, []),
+    runs = (("warm: `batch`, every output", None, []),
+            ("warm: `batch --pipeline True`, every output", None, ["--pipeline", "True"]),
             ("warm: `batch --outputs warped,itk`", "warped,itk", []))  # fmt: skip
     for label, outputs, extra in runs:
-        folder = work / ("batch_all" if outputs is None else "batch_warped_itk") / ("seq" if extra else "")
+        folder = work / ("batch_all" if outputs is None else "batch_warped_itk") / ("pipeline" if extra else "")
         args = ["batch", "--bundle", name, "--datalist", str(listing), "--out", str(folder), "--overwrite", "True",
                 "--device", device, *extra] + (["--outputs", outputs] if outputs else [])  # fmt: skip
         code, wall, peak, err = _spawn(args, 3600, module="common")
