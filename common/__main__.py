@@ -235,14 +235,22 @@ def _check_pair_files(pair: dict[str, Any]) -> None:
 def _register_all(run: Any, todo: list[tuple[str, dict[str, Any]]], out: Path, failed: dict[str, str]) -> None:
     """``run(todo)`` in one go; when a pair fails (or is left without outputs), the pairs not finished are run one at
     a time, each failure recorded in ``failed`` (pair name -> one-line message)."""
+
+    def stamp(name: str) -> tuple[int, int] | None:
+        st = (out / name / "metrics.json").stat() if (out / name / "metrics.json").is_file() else None
+        return None if st is None else (st.st_ino, st.st_mtime_ns)
+
+    before = {name: stamp(name) for name, _ in todo}  # outputs of an earlier run (--overwrite) do not count
+    finished = lambda name: stamp(name) not in (None, before[name])  # noqa: E731
+
     try:
         run(todo)
-        unfinished = [n for n, _ in todo if not (out / n / "metrics.json").is_file()]
+        unfinished = [n for n, _ in todo if not finished(n)]
         if unfinished:
             raise RuntimeError(f"{', '.join(unfinished)}: no outputs")  # never a pair silently lost
     except (*USER_ERRORS, RuntimeError):
         for name, pair in todo:
-            if (out / name / "metrics.json").is_file():
+            if finished(name):
                 continue
             try:
                 run([(name, pair)])

@@ -1,11 +1,9 @@
 """The one instance-optimisation engine: fit a displacement field to one pair by gradient descent (Adam).
 
-Every bundle and script that refines a field for a pair goes through :class:`InstanceOptimiser`:
-
-* the brain bundles' ``instance_iterations`` (network field -> refined on the input grid, the finest level at the
-  input resolution, e.g. 1 mm), wired in :class:`common.engines.SaveRegistrationOutputsd`;
-* the toolkit-only demo and the classic NGF B-spline baseline (from zero);
-* ``brain_mri_joint_affine``'s affine refinement (:meth:`InstanceOptimiser.fit_affine`, from the network's matrix).
+Every bundle and script that refines a field for a pair goes through :class:`InstanceOptimiser`: the brain bundles'
+``instance_iterations`` (network field -> refined, the finest level on the input grid, e.g. 1 mm; wired in
+:class:`common.engines.SaveRegistrationOutputsd`), the toolkit-only demo and the classic NGF B-spline baseline (from
+zero), ``brain_mri_joint_affine``'s affine refinement (:meth:`InstanceOptimiser.fit_affine`, from the network's matrix).
 
 Deformable optimisation, coarse to fine over ``levels`` (downsampling factors of the image grid, e.g. ``(4, 2, 1)``;
 the last level should be 1, the input grid). At each level both images are Gaussian-smoothed (sigma ``f / 2``
@@ -15,7 +13,8 @@ network's field, or zero) is resized onto that grid and held fixed, and a residu
 cubic B-spline control points (``bspline_stride``). The total field is ``init + residual``, or with
 ``diffeomorphic=True`` ``init o exp(v)`` (a stationary velocity ``v`` integrated by scaling and squaring; the
 composition keeps ``init``'s own invertibility). The loss is ``similarity(moving o total, fixed) + reg_weight *
-regulariser(field)``, the regulariser taken on the parameter grid (the total field, or ``v`` when diffeomorphic).
+regulariser(field) [+ fold_weight * FoldingPenalty(total)]``, the regulariser taken on the parameter grid (the total
+field, or ``v`` when diffeomorphic).
 
 Similarities: ``"lncc"`` (:class:`common.losses.LocalNCCLoss`), ``"mind"`` (squared difference of MIND-SSC
 descriptors, :mod:`common.losses.mind`; descriptors of both images are computed once per level and the warped
@@ -54,7 +53,7 @@ from common.blocks import (
     warp,
 )
 from common.engines.io_sampling import cube_lncc, foreground_indices, sampled_similarity
-from common.losses import BendingEnergyRegulariser, GradientRegulariser, LocalNCCLoss, SSDLoss
+from common.losses import BendingEnergyRegulariser, FoldingPenalty, GradientRegulariser, LocalNCCLoss, SSDLoss
 from common.losses.fixed_lncc import FixedImageLNCC
 from common.losses.mind import box_mean, mind_ssc
 from common.losses.probabilistic import GaussianSmoothing
@@ -123,6 +122,8 @@ class InstanceOptimiser:
             likewise smooths only its updates). Diffeomorphic and B-spline runs always regularise the residual.
         final_sigma: standard deviation (voxels of the input grid) of a Gaussian applied to the returned total
             field (replicate padding); 0 = none. Evens out the Jacobian (lower SDlogJ) at little cost in Dice.
+        fold_weight: weight of :class:`common.losses.FoldingPenalty` on the total field on the parameter grid
+            (one number or one per level; dense, not diffeomorphic); removes folds a low ``reg_weight`` allows.
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class InstanceOptimiser:
         progress: bool = True,
         regularise_total: bool = True,
         final_sigma: float = 0.0,
+        fold_weight: float | Sequence[float] = 0.0,
     ) -> None:
         name = "InstanceOptimiser"
         self.levels = _as_levels(levels)
@@ -186,6 +188,10 @@ class InstanceOptimiser:
         if not final_sigma >= 0:
             raise ValueError(f"{name}: final_sigma must be >= 0, got {final_sigma}.")
         self.final_sigma = float(final_sigma)
+        folds = _per_level(fold_weight, n, lambda w: float(w) >= 0 and (not w or not (diffeomorphic or bspline_stride)),
+                           f"{name}: fold_weight must be >= 0, one number or one per level, and 0 for diffeomorphic "
+                           f"or B-spline runs, got {fold_weight}.")  # fmt: skip
+        self.fold_weights, self.fold = [float(w) for w in folds], FoldingPenalty()
         self.history: list[float] = []
         self.seconds = 0.0
 
@@ -311,7 +317,8 @@ class InstanceOptimiser:
         params = torch.zeros(1, dims, *self._param_shape(shape, level), dtype=mov_l.dtype, device=mov_l.device)
         params.requires_grad_(True)
         init_p = None
-        if init_l is not None and self.integrator is None and self.bspline is None and self.regularise_total:
+        fold_weight, dense = self.fold_weights[level], self.integrator is None and self.bspline is None
+        if init_l is not None and dense and (self.regularise_total or fold_weight):
             init_p = resize_flow(init_l, params.shape[2:])  # regularise the total field on the parameter grid
         optimiser = torch.optim.Adam([params], lr=self.lr)
         samples = self.samples[level]
@@ -331,10 +338,11 @@ class InstanceOptimiser:
                 sim = sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, samples)
             else:
                 sim = self._dense_similarity(params, shape, init_l, feat_m, feat_f, kind, similarity)
-            reg_field = self._residual(params)
-            if init_p is not None:
-                reg_field = reg_field + init_p
-            loss = sim + self.reg_weights[level] * self.regulariser(reg_field)
+            residual = self._residual(params)
+            total_p = residual if init_p is None else residual + init_p
+            loss = sim + self.reg_weights[level] * self.regulariser(total_p if self.regularise_total else residual)
+            if fold_weight:
+                loss = loss + fold_weight * self.fold(total_p)
             loss.backward()
             optimiser.step()
             value = float(loss.detach())

@@ -3,7 +3,6 @@ a CSV of the loss terms, and export of a plain state dict for ``models/model.pt`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,7 @@ import torch
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from common.engines.training_logs import LossTermsCSV, MetricCSV
 from common.io.nifti import atomic_path
 
 __all__ = [
@@ -74,8 +74,17 @@ class SafeCheckpointSaver(CheckpointSaver):
 
     ignite forgets across processes what it saved, so on resume: with ``n_saved=1`` the interval checkpoint replaces
     the ones an interrupted run left, and the best-metric checkpoint is replaced only by a better score (recorded in
-    ``<name>.score.json`` beside it).
+    ``<name>.score.json`` beside it; restored at the first validation when :class:`ResumeFromLatest` resumed from
+    this folder, so a fresh run's best replaces an earlier run's whatever its score).
     """
+
+    _restore: Any = None
+
+    def metrics_completed(self, engine: Any) -> None:
+        ckpt, self._restore = self._restore, None
+        if ckpt is not None and str(Path(self.save_dir).resolve()) in _RESUMED_DIRS:
+            _restore_best_score(ckpt)
+        super().metrics_completed(engine)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -91,7 +100,10 @@ class SafeCheckpointSaver(CheckpointSaver):
                 name = getattr(ckpt.save_handler, "filename", None)
                 ckpt.save_handler = _AtomicDiskSaver(self.save_dir, name, stale_glob=stale, record_score=best)
                 if best:
-                    _restore_best_score(ckpt)
+                    self._restore = ckpt
+
+
+_RESUMED_DIRS: set[str] = set()  # checkpoint folders a ResumeFromLatest of this process resumed from
 
 
 def _score_record(path: Path) -> Path:  # best_model.pt -> best_model.score.json
@@ -147,6 +159,7 @@ class ResumeFromLatest:
             engine.logger.info(f"ResumeFromLatest: no checkpoint in {self.ckpt_dir}; starting from scratch.")
             return
         self.loaded_from = path
+        _RESUMED_DIRS.add(str(folder.resolve()))
         engine.logger.info(f"ResumeFromLatest: resuming from {path}.")
         CheckpointLoader(load_path=str(path), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
 
@@ -231,95 +244,6 @@ class BundleCheckpointLoader(CheckpointLoader):
             f"{path}: these weights do not fit {name}'s network: {len(shapes)} tensors of another shape, "
             f"{len(missing)} missing, {len(unknown)} unexpected (e.g. {example})."
         )
-
-
-class LossTermsCSV:
-    """Append each iteration's loss terms (``loss_function.last_terms``) to a CSV (flushed every ``every`` rows).
-
-    A resumed run replays the iterations after its checkpoint: before this process's first rows are appended,
-    rows of an earlier (interrupted) run from that iteration on are dropped, so every iteration appears once.
-    """
-
-    def __init__(self, path: str, loss_function: Any, every: int = 10) -> None:
-        self.path, self.loss_function, self.every = Path(path), loss_function, max(1, int(every))
-        self.buffer: list[dict[str, Any]] = []
-        self._trimmed = False
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._flush)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._flush_on_error)
-
-    def _collect(self, engine) -> None:
-        terms = dict(getattr(self.loss_function, "last_terms", {}) or {})
-        terms = {"iteration": engine.state.iteration, "epoch": engine.state.epoch, **terms}
-        self.buffer.append(terms)
-        if len(self.buffer) >= self.every:
-            self._flush(engine)
-
-    def _flush_on_error(self, engine, exc: Exception) -> None:
-        self._flush(engine)
-        raise exc
-
-    def _flush(self, engine) -> None:
-        if not self.buffer:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._trimmed:
-            self._trim_replayed(min(int(r["iteration"]) for r in self.buffer))
-            self._trimmed = True
-        new = not self.path.exists()
-        keys = list(dict.fromkeys(k for row in self.buffer for k in row))
-        if not new:
-            with open(self.path) as fh:
-                header = next(csv.reader(fh), [])
-            keys = header + [k for k in keys if k not in header]
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(self.buffer)
-        self.buffer = []
-
-    def _trim_replayed(self, first: int) -> None:
-        if not self.path.is_file():
-            return
-        with open(self.path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header, rows = reader.fieldnames or [], list(reader)
-        keep = [r for r in rows if str(r.get("iteration", "")).isdigit() and int(r["iteration"]) < first]
-        if len(keep) == len(rows):
-            return
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(keep)
-
-
-class MetricCSV:
-    """Evaluator handler: append ``engine.state.metrics`` with the trainer's epoch/iteration to a CSV after each run."""
-
-    def __init__(self, path: str, trainer: Any = None) -> None:
-        self.path, self.trainer = Path(path), trainer
-
-    def attach(self, engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.COMPLETED, self._write)
-
-    def _write(self, engine) -> None:
-        row = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
-        if self.trainer is not None:
-            row = {"epoch": self.trainer.state.epoch, "iteration": self.trainer.state.iteration, **row}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
 
 
 def load_state_dict_safely(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ from common.io.convert import (
     physical_to_voxel,
     voxel_to_physical,
 )
-from common.io.nifti import ImageReadError, atomic_path
+from common.io.nifti import ImageReadError, atomic_path, gzip_file
 
 __all__ = [
     "array_to_itk_image",
@@ -184,7 +184,15 @@ def write_itk_displacement(
         return _write_itk_nifti(ddf, fixed_affine, moving_affine, p, compresslevel)
     field = ddf_to_itk_field(ddf, fixed_affine, moving_affine)
     with atomic_path(p) as tmp:
-        _itk().imwrite(field, str(tmp), compression=True)
+        if compresslevel is not None and p.name.lower().endswith(".nii.gz"):  # 2D: ITK's bytes, gzip at that level
+            raw = tmp.with_name(tmp.name + ".raw.nii")
+            try:
+                _itk().imwrite(field, str(raw), compression=False)
+                gzip_file(raw, tmp, compresslevel)
+            finally:
+                raw.unlink(missing_ok=True)
+        else:
+            _itk().imwrite(field, str(tmp), compression=True)
     return p
 
 

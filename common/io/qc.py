@@ -47,7 +47,9 @@ def _field(ddf: torch.Tensor | np.ndarray, spatial: tuple[int, ...]) -> torch.Te
         )
     if tuple(t.shape[2:]) != spatial or t.shape[0] != 1:
         raise ValueError(f"{_CALLER}: `ddf` must have shape (1, {dims}, *{spatial}), got {tuple(t.shape)}.")
-    return t if t.is_floating_point() else t.to(torch.float64)  # no 1 mm-sized float64 copy of a float32 field
+    if t.dtype in (torch.float32, torch.float64):
+        return t  # no 1 mm-sized float64 copy of a float32 field
+    return t.to(torch.float32 if t.is_floating_point() else torch.float64)  # bfloat16/float16 cannot go to NumPy
 
 
 def _show(ax: Any, img: np.ndarray, sl: tuple, **kw: Any) -> Any:

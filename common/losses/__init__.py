@@ -15,12 +15,18 @@ from common.losses.image import GlobalNCCLoss, LocalNCCLoss, NGFLoss, SSDLoss
 from common.losses.labels import LabelSSDLoss, SoftDiceLoss, soft_dice
 from common.losses.mind import MINDSSCLoss, mind_ssc
 from common.losses.mutual_information import MutualInformationLoss
-from common.losses.regularisers import BendingEnergyRegulariser, CurvatureRegulariser, GradientRegulariser
+from common.losses.regularisers import (
+    BendingEnergyRegulariser,
+    CurvatureRegulariser,
+    FoldingPenalty,
+    GradientRegulariser,
+)
 
 __all__ = [
     "REDUCTIONS",
     "BendingEnergyRegulariser",
     "CurvatureRegulariser",
+    "FoldingPenalty",
     "GlobalNCCLoss",
     "GradientRegulariser",
     "LabelSSDLoss",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from common.engines.training import SafeCheckpointSaver
+from common.engines.training import ResumeFromLatest, SafeCheckpointSaver
 
 
 def _run(folder, n_saved: int, epochs: int = 2) -> list[str]:
@@ -35,9 +35,10 @@ def test_with_several_kept_checkpoints_earlier_files_are_left_alone(tmp_path):
     assert names == ["latest_checkpoint_epoch=1.pt", "latest_checkpoint_epoch=2.pt", "latest_checkpoint_epoch=9.pt"]
 
 
-def _validate(folder, scores: list[float]) -> None:
+def _validate(folder, scores: list[float], resume: bool = True) -> None:
     """One process's validations (one per epoch) with these scores; the network's weight is set to the score, so
-    the weight in ``best_model.pt`` tells which validation it came from."""
+    the weight in ``best_model.pt`` tells which validation it came from. ``resume``: the run resumes from a
+    ``latest`` checkpoint in ``folder`` (as the bundles' ``ResumeFromLatest``) when an earlier run left one."""
     net = torch.nn.Linear(1, 1, bias=False)
 
     def step(engine, batch):
@@ -47,9 +48,11 @@ def _validate(folder, scores: list[float]) -> None:
             net.weight.fill_(value)
 
     evaluator = Engine(step)
+    ResumeFromLatest(str(folder), {"model": net}, enabled=resume).attach(evaluator)
     SafeCheckpointSaver(save_dir=str(folder), save_dict={"model": net}, save_key_metric=True, key_metric_name="dice",
                         key_metric_filename="best_model.pt").attach(evaluator)  # fmt: skip
     evaluator.run([0], max_epochs=len(scores))
+    torch.save({"model": net.state_dict()}, folder / "latest_checkpoint_epoch=1.pt")  # what a trainer would leave
 
 
 def _best(folder) -> float:
@@ -64,7 +67,15 @@ def test_a_resumed_run_replaces_the_best_model_only_with_a_better_score(tmp_path
     assert _best(tmp_path) == 0.7
     _validate(tmp_path, [0.69, 0.75, 0.72])
     assert _best(tmp_path) == 0.75
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "best_model.score.json"]
+    assert sorted(p.name for p in tmp_path.iterdir())[:2] == ["best_model.pt", "best_model.score.json"]
+
+
+def test_a_fresh_run_in_the_same_folder_replaces_an_earlier_runs_best_model(tmp_path):
+    _validate(tmp_path, [0.9])
+    _validate(tmp_path, [0.3, 0.4], resume=False)  # not resumed: its own best wins, the old score is ignored
+    assert _best(tmp_path) == 0.4
+    _validate(tmp_path, [0.35])  # resumed from that run: only a score above 0.4 replaces it
+    assert _best(tmp_path) == 0.4
 
 
 def test_a_best_model_without_a_score_record_is_replaced_as_before(tmp_path):

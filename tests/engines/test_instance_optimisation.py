@@ -221,6 +221,9 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"levels": [2, 1], "image_loss": ["lncc"]}, "image_loss must be one loss or one per level"),
         ({"grid_factor": 0}, "grid_factor must be an integer >= 1"),
         ({"levels": [2, 1], "grid_factor": [2, 2, 1]}, "grid_factor must be an integer >= 1 or one per level"),
+        ({"fold_weight": -1.0}, "fold_weight must be >= 0"),
+        ({"fold_weight": 1.0, "diffeomorphic": True}, "fold_weight .* 0 for diffeomorphic or B-spline"),
+        ({"levels": [2, 1], "fold_weight": [0.0, 1.0], "bspline_stride": 4}, "fold_weight .* 0 for diffeomorphic"),
     ],
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):
@@ -265,3 +268,21 @@ def test_fit_affine_keeps_the_best_parameters():
     wild, wild_history = InstanceOptimiser.fit_affine(lambda p: ((p - target) ** 2).sum(), start, 5, 10.0)
     assert torch.equal(wild, start)  # every step overshoots: the start is kept
     assert all(v > wild_history[0] for v in wild_history[1:])
+
+
+def test_fold_weight_removes_the_folds_a_weak_regulariser_lets_through():
+    from common.blocks import warp
+    from common.losses import FoldingPenalty
+
+    shape = (24, 24, 24)
+    fixed = _blob3d(shape, (12.0, 12.0, 12.0), width=30.0) + 0.5 * _blob3d(shape, (6.0, 16.0, 10.0), width=8.0)
+    moving = _blob3d(shape, (15.0, 10.0, 12.0), width=20.0) + 0.5 * _blob3d(shape, (8.0, 13.0, 13.0), width=8.0)
+    folded, errors = [], []
+    for fold_weight in (0.0, 10.0):
+        opt = InstanceOptimiser("lncc", reg_weight=0.05, iterations=60, lr=0.3, grid_factor=1, smoothing=2,
+                                ncc_kernel=5, progress=False, fold_weight=fold_weight)  # fmt: skip
+        ddf = opt(moving, fixed)
+        folded.append(int((FoldingPenalty(margin=0.0, reduction="none")(ddf) > 0).sum()))
+        errors.append(float((warp(moving, ddf) - fixed).abs().mean()))
+    assert folded[0] > 5 and folded[1] == 0, folded
+    assert errors[1] < 1.1 * errors[0] and errors[1] < 0.5 * float((moving - fixed).abs().mean()), errors

@@ -88,6 +88,21 @@ def test_2d_field_round_trip(tmp_path):
     assert torch.allclose(back.double(), ddf, atol=2e-5) and np.allclose(affine, aff)
 
 
+def test_2d_nii_gz_field_honours_the_gzip_level(tmp_path):
+    import gzip
+
+    aff = np.diag([0.7, 1.3, 1.0])
+    ddf = torch.zeros(1, 2, 40, 30, dtype=torch.float64)  # compresses to almost nothing, unless stored
+    ddf[0, 0, 5, 7] = 1.5
+    paths = {lvl: write_itk_displacement(ddf, aff, tmp_path / f"f{lvl}.nii.gz", compresslevel=lvl) for lvl in (0, 6)}
+    data = {lvl: p.read_bytes() for lvl, p in paths.items()}
+    assert gzip.decompress(data[0]) == gzip.decompress(data[6])  # same ITK bytes inside
+    assert len(data[0]) > len(gzip.decompress(data[0])) > 10 * len(data[6])  # level 0: stored blocks
+    back, affine = read_itk_displacement(paths[0])
+    assert torch.allclose(back.double(), ddf, atol=1e-6) and np.allclose(affine, aff)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.nii.gz", "f6.nii.gz"]  # no temporary left
+
+
 @pytest.mark.parametrize("slab_bytes", [4 << 20, 200], ids=["one_slab", "many_slabs"])
 @pytest.mark.parametrize(
     "fixed, moving",

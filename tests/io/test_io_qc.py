@@ -92,3 +92,11 @@ def test_failed_save_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_qc_figure(*demo_pair((8, 9)), tmp_path / "qc.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_half_precision_field_gives_the_figure_of_its_float32_values(tmp_path):
+    fixed, moving, warped, ddf = demo_pair((20, 22))
+    half = ddf.to(torch.bfloat16)  # e.g. a field from a network run under bf16 autocast
+    a = save_qc_figure(fixed, moving, warped, half, tmp_path / "a.png")
+    b = save_qc_figure(fixed, moving, warped, half.float(), tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes()

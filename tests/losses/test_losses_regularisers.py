@@ -8,7 +8,7 @@ from loss_helpers import affine_field, grid, smooth_field
 from monai.losses import BendingEnergyLoss, DiffusionLoss
 from torch.autograd import gradcheck
 
-from common.losses import BendingEnergyRegulariser, CurvatureRegulariser, GradientRegulariser
+from common.losses import BendingEnergyRegulariser, CurvatureRegulariser, FoldingPenalty, GradientRegulariser
 
 SHAPES = {2: (12, 10), 3: (9, 8, 7)}
 REGULARISERS = {
@@ -126,3 +126,49 @@ def test_mask_and_option_errors():
         GradientRegulariser("l3")
     with pytest.raises(ValueError, match=r"^BendingEnergyRegulariser: `reduction` must be one of"):
         BendingEnergyRegulariser(reduction="batchmean")
+
+
+# -- folding penalty -------------------------------------------------------------------------------------------------
+def _forward_det(ddf: torch.Tensor) -> torch.Tensor:
+    """Reference: forward-difference ``det(I + grad u)`` per voxel with ``torch.linalg.det`` on the common domain."""
+    dims = ddf.shape[1]
+    crop = (slice(None), slice(None)) + (slice(0, -1),) * dims
+    cols = []
+    for k in range(dims):
+        shifted = (slice(None), slice(None)) + tuple(slice(1, None) if j == k else slice(0, -1) for j in range(dims))
+        cols.append(ddf[shifted] - ddf[crop])
+    jac = torch.stack(cols, dim=2) + torch.eye(dims, dtype=ddf.dtype).view(1, dims, dims, *([1] * dims))
+    return torch.linalg.det(jac.movedim(1, -1).movedim(1, -1))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_folding_penalty_matches_a_direct_determinant(dims):
+    torch.manual_seed(dims)
+    ddf = 0.6 * torch.randn(1, dims, *SHAPES[dims], dtype=torch.float64)  # rough: many folded voxels
+    det = _forward_det(ddf)
+    assert (det < 0).any() and (det > 0.05).any()
+    expected = torch.relu(0.05 - det).pow(2)
+    assert float(FoldingPenalty()(ddf)) == pytest.approx(float(expected.mean()), rel=1e-12)
+    per_voxel = FoldingPenalty(margin=0.0, reduction="none")(ddf)
+    assert per_voxel.shape == (1, 1, *(n - 1 for n in SHAPES[dims]))
+    assert torch.equal(per_voxel[0, 0] > 0, det[0] < 0)  # margin 0: exactly the folded voxels
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_folding_penalty_zero_without_folds_and_gradcheck(dims):
+    ddf, _ = affine_field(SHAPES[dims], 0)
+    assert float(FoldingPenalty()(0.1 * ddf)) == 0.0  # a mild affine map keeps det >= margin
+    assert float(FoldingPenalty()(torch.zeros(1, dims, *SHAPES[dims]))) == 0.0
+    # a fold: the first axis' displacement decreases by 1.5 voxels per voxel -> det = 1 - 1.5 < 0 everywhere
+    folded = torch.zeros(1, dims, *SHAPES[dims], dtype=torch.float64)
+    folded[:, 0] = -1.5 * grid(SHAPES[dims])[0]
+    assert float(FoldingPenalty(margin=0.0)(folded)) == pytest.approx(0.25)
+    rough = (0.6 * torch.randn(1, dims, *((5,) * dims), dtype=torch.float64)).requires_grad_()
+    assert gradcheck(lambda u: FoldingPenalty()(u), (rough,), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_folding_penalty_errors():
+    with pytest.raises(ValueError, match="FoldingPenalty: `margin`"):
+        FoldingPenalty(margin=1.0)
+    with pytest.raises(ValueError, match="FoldingPenalty"):
+        FoldingPenalty()(torch.zeros(1, 3, 1, 4, 4))

@@ -387,3 +387,45 @@ def test_a_registration_killed_while_writing_is_cleaned_up_by_the_next_run(tmp_p
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "m_to_f" / "metrics.json").is_file()
     assert not list(out.glob(".*.partial-*"))
+
+
+def test_batch_overwrite_reports_a_pair_that_fails_although_an_earlier_run_left_its_outputs(
+    tmp_path, ckpt, monkeypatch
+):
+    """``--overwrite`` over an earlier batch's folder: a pair that fails this time is reported (exit code 1, its
+    summary row), not taken for done because the earlier run's ``metrics.json`` is still there."""
+    import common.__main__ as cli
+    import common.engines.inference as inference
+
+    dl, out = str(_blob_pairs(tmp_path)), tmp_path / "out"
+    assert cli._batch(BUNDLE, dl, str(out), "test", "cpu", False, ckpt, None, False, None, None, False) == 0
+    earlier = (out / "p1" / "metrics.json").read_bytes()
+    real = inference.write_pair_outputs
+
+    def failing(ctx, threads=2):
+        if ctx.title == "p1":
+            raise OSError(f"{ctx.out}: No space left on device (simulated)")
+        return real(ctx, threads)
+
+    monkeypatch.setattr(inference, "write_pair_outputs", failing)
+    assert cli._batch(BUNDLE, dl, str(out), "test", "cpu", True, ckpt, None, False, None, None, False) == 1
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["p1"]["status"].startswith("failed: ") and "No space left" in rows["p1"]["status"]
+    assert rows["p0"]["status"] == rows["p2"]["status"] == ""
+    assert (out / "p1" / "metrics.json").read_bytes() == earlier  # the earlier result is left whole, not half-replaced
+
+
+def test_batch_with_a_relative_datalist_path_and_relative_entries(tmp_path, ckpt, monkeypatch):
+    """``batch --datalist pairs.json`` run from the datalist's folder, entries named relative to it: every pair is
+    found (they used to be looked up again relative to the output folder, from batch's copy of the list)."""
+    import common.__main__ as cli
+
+    entries = []
+    for i in range(2):
+        _save(tmp_path / f"m{i}.nii.gz", _blob(1.0 + 0.3 * i))
+        _save(tmp_path / f"f{i}.nii.gz", _blob())
+        entries.append({"id": f"p{i}", "moving_image": f"m{i}.nii.gz", "fixed_image": f"f{i}.nii.gz"})
+    (tmp_path / "pairs.json").write_text(json.dumps({"test": entries}))
+    monkeypatch.chdir(tmp_path)
+    assert cli._batch(BUNDLE, "pairs.json", "out", "test", "cpu", False, ckpt, None, False, None, None, False) == 0
+    assert all((tmp_path / "out" / p / "metrics.json").is_file() for p in ("p0", "p1"))
