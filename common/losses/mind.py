@@ -70,17 +70,51 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """
     if radius == 0:
         return x
+    if x.requires_grad and torch.is_grad_enabled():
+        return _BoxMean.apply(x, int(radius))
+    return _box_mean(x, radius)
+
+
+def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     dims = x.ndim - 2
     width = 2 * radius + 1
     x = F.pad(x, [radius] * (2 * dims), mode="replicate")
-    inplace = not (x.requires_grad and torch.is_grad_enabled())
     for axis in range(2, x.ndim):
         n = x.shape[axis] - 2 * radius
-        total = x.narrow(axis, 0, n).clone() if inplace else x.narrow(axis, 0, n)
+        total = x.narrow(axis, 0, n).clone()
         for k in range(1, width):
-            total = total.add_(x.narrow(axis, k, n)) if inplace else total + x.narrow(axis, k, n)
+            total.add_(x.narrow(axis, k, n))
         x = total
-    return x.div_(width**dims) if inplace else x / width**dims
+    return x.div_(width**dims)
+
+
+class _BoxMean(torch.autograd.Function):
+    """:func:`box_mean` with its adjoint accumulated in place (autograd through the shifted slices would allocate
+    a zero tensor of the padded size for every slice: most of the smoothing's cost in instance optimisation)."""
+
+    @staticmethod
+    def forward(ctx, x, radius):  # type: ignore[override]
+        ctx.radius = radius
+        return _box_mean(x, radius)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        r, dims = ctx.radius, grad.ndim - 2
+        g = grad / (2 * r + 1) ** dims
+        for axis in reversed(range(2, grad.ndim)):  # adjoint of the box sums: spread each value over its window
+            n = g.shape[axis]
+            shape = list(g.shape)
+            shape[axis] = n + 2 * r
+            spread = g.new_zeros(shape)
+            for k in range(2 * r + 1):
+                spread.narrow(axis, k, n).add_(g)
+            g = spread
+        for axis in range(2, grad.ndim):  # adjoint of the replicate padding: the pad slices go back to the edges
+            n = g.shape[axis] - 2 * r
+            g.narrow(axis, r, 1).add_(g.narrow(axis, 0, r).sum(dim=axis, keepdim=True))
+            g.narrow(axis, r + n - 1, 1).add_(g.narrow(axis, r + n, r).sum(dim=axis, keepdim=True))
+            g = g.narrow(axis, r, n)
+        return g.contiguous(), None
 
 
 def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:

@@ -52,6 +52,135 @@ def _shift(x: torch.Tensor, axis: int, start: int, stop: int) -> torch.Tensor:
     return x[tuple(index)]
 
 
+def _crop(dims: int) -> tuple[slice, ...]:
+    return (slice(None), slice(None), *[slice(0, -1)] * dims)
+
+
+def _shifted(dims: int, k: int) -> tuple[slice, ...]:
+    return (slice(None), slice(None), *[slice(1, None) if j == k else slice(0, -1) for j in range(dims)])
+
+
+def _differences(ddf: torch.Tensor) -> torch.Tensor:
+    dims = ddf.ndim - 2
+    base = ddf[_crop(dims)]
+    out = ddf.new_empty((*base.shape[:2], dims, *base.shape[2:]))
+    for k in range(dims):
+        torch.sub(ddf[_shifted(dims, k)], base, out=out[:, :, k])
+    return out
+
+
+def _difference_adjoint(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Adjoint of :func:`_differences`, accumulated in place into one tensor of the field's ``shape``."""
+    dims = len(shape) - 2
+    out = grad.new_zeros(shape)
+    out[_crop(dims)] -= grad.sum(dim=2)
+    for k in range(dims):
+        out[_shifted(dims, k)] += grad[:, :, k]
+    return out
+
+
+class _ForwardDifferences(torch.autograd.Function):
+    """``d[:, i, k] = u_i(x + e_k) - u_i(x)`` on the common domain ``[0, n - 1)`` of every axis, ``(B, D, D, *S')``.
+
+    Autograd through the slices of each difference would allocate a zero tensor of the field's size for every
+    slice in the backward pass (most of a 1 mm instance-optimisation step's regulariser time); here the adjoint
+    is accumulated in place into one gradient tensor."""
+
+    @staticmethod
+    def forward(ctx, ddf):  # type: ignore[override]
+        ctx.shape = ddf.shape
+        return _differences(ddf)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return _difference_adjoint(grad, ctx.shape)
+
+
+class _MeanSquaredDifferences(torch.autograd.Function):
+    """``GradientRegulariser("l2")`` with ``reduction="mean"`` and no mask, one axis' differences at a time: the
+    ``D x D`` differences and their squares are not held through the rest of the loss (the 1 mm peak RAM)."""
+
+    @staticmethod
+    def forward(ctx, ddf):  # type: ignore[override]
+        dims = ddf.ndim - 2
+        base = ddf[_crop(dims)]
+        ctx.scale = 1.0 / (dims * dims * base[:, :1].numel())
+        total = ddf.new_zeros(())
+        for k in range(dims):
+            d = (ddf[_shifted(dims, k)] - base).reshape(-1)
+            total += torch.dot(d, d)
+        ctx.save_for_backward(ddf)
+        return total * ctx.scale
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (ddf,) = ctx.saved_tensors
+        dims = ddf.ndim - 2
+        base = ddf[_crop(dims)]
+        out = torch.zeros_like(ddf)
+        for k in range(dims):
+            d = (ddf[_shifted(dims, k)] - base).mul_(2.0 * ctx.scale * grad)
+            out[_shifted(dims, k)] += d
+            out[_crop(dims)] -= d
+        return out
+
+
+class _MeanFoldBarrier(torch.autograd.Function):
+    """``FoldingPenalty`` with ``reduction="mean"`` and no mask; saves only the field and recomputes differences
+    and cofactors in the backward pass (their ``D x D`` channels are not held through the rest of the loss)."""
+
+    @staticmethod
+    def forward(ctx, ddf, margin):  # type: ignore[override]
+        _, det = _cofactors_and_det(_differences(ddf))
+        ctx.save_for_backward(ddf)
+        ctx.margin = margin
+        return torch.relu(margin - det).pow(2).mean()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (ddf,) = ctx.saved_tensors
+        cof, det = _cofactors_and_det(_differences(ddf), with_cofactors=True)
+        weight = torch.relu(ctx.margin - det).mul_(-2.0 * grad / det.numel())
+        return _difference_adjoint(cof.mul_(weight.unsqueeze(1).unsqueeze(1)), ddf.shape), None
+
+
+class _Determinant(torch.autograd.Function):
+    """``det(I + G)`` per voxel of forward differences ``G`` ``(B, D, D, *S)`` (2x2 or 3x3 written out), ``(B, *S)``;
+    the backward pass is the cofactor matrix times the incoming gradient, built in one tensor."""
+
+    @staticmethod
+    def forward(ctx, diff):  # type: ignore[override]
+        ctx.save_for_backward(diff)
+        return _cofactors_and_det(diff)[1]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        cof, _ = _cofactors_and_det(diff, with_cofactors=True)
+        return cof * grad.unsqueeze(1).unsqueeze(1)
+
+
+def _cofactors_and_det(diff: torch.Tensor, with_cofactors: bool = False):
+    """``(cofactors (B, D, D, *S) or None, det (B, *S))`` of ``J = I + diff`` per voxel."""
+    dims = diff.shape[1]
+    j = [[diff[:, r, c] + (1.0 if r == c else 0.0) for c in range(dims)] for r in range(dims)]
+    if dims == 2:
+        cof = [[j[1][1], -j[1][0]], [-j[0][1], j[0][0]]]
+    else:
+        rows = range(3) if with_cofactors else range(1)  # the determinant needs the first row only
+        cof = [[j[(r + 1) % 3][(c + 1) % 3] * j[(r + 2) % 3][(c + 2) % 3]
+                - j[(r + 1) % 3][(c + 2) % 3] * j[(r + 2) % 3][(c + 1) % 3] for c in range(3)] for r in rows]  # fmt: skip
+    det = sum(j[0][c] * cof[0][c] for c in range(dims))
+    if not with_cofactors:
+        return None, det
+    return torch.stack([torch.stack(row, dim=1) for row in cof], dim=1), det
+
+
+def forward_differences(ddf: torch.Tensor) -> torch.Tensor:
+    """Forward differences ``(B, D, D, *(S - 1))`` of a field ``(B, D, *S)``: ``[:, i, k]`` is ``d u_i / d x_k``."""
+    return _ForwardDifferences.apply(ddf)
+
+
 class GradientRegulariser(nn.Module):
     """Diffusion regulariser: mean over voxels and over all ``D x D`` Jacobian entries of ``|d u_j / d x_k|^p``.
 
@@ -86,15 +215,11 @@ class GradientRegulariser(nn.Module):
 
     def forward(self, ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         dims = _check(ddf, mask, type(self).__name__, min_size=2)
-        energy = ddf.new_zeros(())
-        for k in range(dims):
-            diff = _shift(ddf, k, 1, 0) - _shift(ddf, k, 0, 1)  # forward difference along axis k
-            for j in range(dims):
-                if j != k:  # crop the other axes to the common domain [0, n - 1)
-                    diff = _shift(diff, j, 0, 1)
-            term = diff * diff if self.penalty == "l2" else diff.abs()
-            energy = energy + term.sum(dim=1, keepdim=True)
-        values = energy / (dims * dims)
+        if self.penalty == "l2" and self.reduction == "mean" and mask is None:
+            return _MeanSquaredDifferences.apply(ddf)  # same value, less memory
+        diff = forward_differences(ddf)  # on the common domain [0, n - 1) of every axis
+        term = diff * diff if self.penalty == "l2" else diff.abs()
+        values = term.sum(dim=(1, 2)).unsqueeze(1) / (dims * dims)
         return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 0, 1))
 
 
@@ -208,22 +333,9 @@ class FoldingPenalty(nn.Module):
         self.margin = float(margin)
 
     def forward(self, ddf: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        dims = _check(ddf, mask, type(self).__name__, min_size=2)
-        base = ddf
-        for j in range(dims):
-            base = _shift(base, j, 0, 1)
-        cols = []  # cols[k][:, i] = d(x_i + u_i) / d x_k
-        for k in range(dims):
-            diff = _shift(ddf, k, 1, 0)
-            for j in range(dims):
-                if j != k:
-                    diff = _shift(diff, j, 0, 1)
-            col = diff - base
-            cols.append([col[:, i] + (1.0 if i == k else 0.0) for i in range(dims)])
-        if dims == 2:
-            det = cols[0][0] * cols[1][1] - cols[1][0] * cols[0][1]
-        else:
-            (a, d, g), (b, e, h), (c, f, i) = cols  # rows of J: (a b c), (d e f), (g h i)
-            det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+        _check(ddf, mask, type(self).__name__, min_size=2)
+        if self.reduction == "mean" and mask is None:
+            return _MeanFoldBarrier.apply(ddf, self.margin)  # same value, less memory
+        det = _Determinant.apply(forward_differences(ddf))
         values = torch.relu(self.margin - det).pow(2).unsqueeze(1)
         return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 0, 1))

@@ -95,3 +95,30 @@ def test_autograd_and_inplace_paths_agree():
     tracked = mind_ssc(img.clone().requires_grad_(True))
     assert tracked.requires_grad
     torch.testing.assert_close(plain, tracked.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 7, 5, 6), (2, 3, 6, 9), (1, 1, 1, 4, 3)])
+@pytest.mark.parametrize("radius", [1, 2])
+def test_box_mean_gradient_is_the_adjoint_of_the_filter(shape, radius):
+    """box_mean's own backward (in place) equals autograd through the plain replicate-pad + shifted-sum filter."""
+    import torch.nn.functional as F
+    from torch.autograd import gradcheck
+
+    from common.losses.mind import box_mean
+
+    def plain(x):
+        dims, width = x.ndim - 2, 2 * radius + 1
+        x = F.pad(x, [radius] * (2 * dims), mode="replicate")
+        for axis in range(2, x.ndim):
+            n = x.shape[axis] - 2 * radius
+            x = sum(x.narrow(axis, k, n) for k in range(width))
+        return x / width**dims
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(*shape, dtype=torch.float64)
+    assert torch.allclose(box_mean(x, radius), plain(x), rtol=0, atol=1e-14)
+    (mine,) = torch.autograd.grad((box_mean(x, radius) * weights).sum(), x)
+    (ref,) = torch.autograd.grad((plain(x) * weights).sum(), x)
+    assert torch.allclose(mine, ref, rtol=0, atol=1e-13)
+    assert gradcheck(lambda t: box_mean(t, radius), (x,), fast_mode=True)
