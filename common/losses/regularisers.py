@@ -139,9 +139,17 @@ class _MeanFoldBarrier(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         (ddf,) = ctx.saved_tensors
-        cof, det = _cofactors_and_det(_differences(ddf), with_cofactors=True)
+        dims = ddf.ndim - 2
+        j = _jacobian_entries(_differences(ddf))
+        _, det = _cofactors_and_det(None, j=j)
         weight = torch.relu(ctx.margin - det).mul_(-2.0 * grad / det.numel())
-        return _difference_adjoint(cof.mul_(weight.unsqueeze(1).unsqueeze(1)), ddf.shape), None
+        out = torch.zeros_like(ddf)
+        for r in range(dims):  # d det / d J_rc = cofactor C_rc; J_rc - delta_rc = u_r(x + e_c) - u_r(x)
+            for c in range(dims):
+                g = _cofactor(j, r, c).mul_(weight)
+                out[_crop(dims)][:, r] -= g
+                out[_shifted(dims, c)][:, r] += g
+        return out, None
 
 
 class _Determinant(torch.autograd.Function):
@@ -160,20 +168,30 @@ class _Determinant(torch.autograd.Function):
         return cof * grad.unsqueeze(1).unsqueeze(1)
 
 
-def _cofactors_and_det(diff: torch.Tensor, with_cofactors: bool = False):
-    """``(cofactors (B, D, D, *S) or None, det (B, *S))`` of ``J = I + diff`` per voxel."""
+def _jacobian_entries(diff: torch.Tensor) -> list[list[torch.Tensor]]:
+    """``J[r][c] = delta_rc + diff[:, r, c]``: new tensors on the diagonal, views elsewhere."""
     dims = diff.shape[1]
-    j = [[diff[:, r, c] + (1.0 if r == c else 0.0) for c in range(dims)] for r in range(dims)]
-    if dims == 2:
-        cof = [[j[1][1], -j[1][0]], [-j[0][1], j[0][0]]]
-    else:
-        rows = range(3) if with_cofactors else range(1)  # the determinant needs the first row only
-        cof = [[j[(r + 1) % 3][(c + 1) % 3] * j[(r + 2) % 3][(c + 2) % 3]
-                - j[(r + 1) % 3][(c + 2) % 3] * j[(r + 2) % 3][(c + 1) % 3] for c in range(3)] for r in rows]  # fmt: skip
-    det = sum(j[0][c] * cof[0][c] for c in range(dims))
+    return [[diff[:, r, c] + 1.0 if r == c else diff[:, r, c] for c in range(dims)] for r in range(dims)]
+
+
+def _cofactor(j: list[list[torch.Tensor]], r: int, c: int) -> torch.Tensor:
+    """Cofactor ``C_rc`` of the 2x2 or 3x3 matrix of tensors ``j`` (a new tensor)."""
+    if len(j) == 2:
+        return j[1 - r][1 - c] * (1.0 if r == c else -1.0)
+    a, b = (r + 1) % 3, (r + 2) % 3  # cyclic indices give the cofactor's sign
+    p, q = (c + 1) % 3, (c + 2) % 3
+    return j[a][p] * j[b][q] - j[a][q] * j[b][p]
+
+
+def _cofactors_and_det(diff: torch.Tensor | None, with_cofactors: bool = False, j: list | None = None):
+    """``(cofactors (B, D, D, *S) or None, det (B, *S))`` of ``J = I + diff`` per voxel (or of the entries ``j``)."""
+    j = _jacobian_entries(diff) if j is None else j
+    dims = len(j)
+    det = sum(j[0][c] * _cofactor(j, 0, c) for c in range(dims))
     if not with_cofactors:
         return None, det
-    return torch.stack([torch.stack(row, dim=1) for row in cof], dim=1), det
+    cof = torch.stack([torch.stack([_cofactor(j, r, c) for c in range(dims)], dim=1) for r in range(dims)], dim=1)
+    return cof, det
 
 
 def forward_differences(ddf: torch.Tensor) -> torch.Tensor:
