@@ -64,7 +64,7 @@ def pair_datalist(
         items = data.get(section) if isinstance(data, dict) else data
         if not isinstance(items, list) or not items:
             raise ValueError(f"{p}: expected a non-empty list under '{section}' (or a top-level list).")
-        base = p.resolve().parent  # absolute: the entries are also read from a copy in the output folder (batch)
+        base = p.absolute().parent  # absolute: batch reads the entries again from a copy in the output folder
         out = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "moving_image" not in item or "fixed_image" not in item:

@@ -147,6 +147,7 @@ class ResumeFromLatest:
         self.loaded_from: Path | None = None
 
     def attach(self, engine) -> None:
+        _RESUMED_DIRS.discard(str(Path(self.ckpt_dir).resolve()))  # this run's own state, not an earlier one's
         if not self.enabled:
             return
         # temporary files of a save that was killed half-way (SafeCheckpointSaver writes ".<name>.*.pt" first)

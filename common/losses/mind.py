@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from common.losses._checks import check_pair
 from common.losses._reduction import check_reduction, reduce
@@ -98,6 +99,7 @@ class _BoxMean(torch.autograd.Function):
         return _box_mean(x, radius)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         r, dims = ctx.radius, grad.ndim - 2
         g = grad / (2 * r + 1) ** dims

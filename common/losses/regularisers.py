@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from common.conventions import check_ddf
 from common.losses._checks import check_mask, crop_interior
@@ -92,6 +93,7 @@ class _ForwardDifferences(torch.autograd.Function):
         return _differences(ddf)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         return _difference_adjoint(grad, ctx.shape)
 
@@ -107,12 +109,13 @@ class _MeanSquaredDifferences(torch.autograd.Function):
         ctx.scale = 1.0 / (dims * dims * base[:, :1].numel())
         total = ddf.new_zeros(())
         for k in range(dims):
-            d = (ddf[_shifted(dims, k)] - base).reshape(-1)
-            total += torch.dot(d, d)
+            d = ddf[_shifted(dims, k)] - base
+            total += (d * d).sum()  # cascade summation (a float32 dot product loses digits at 1 mm)
         ctx.save_for_backward(ddf)
         return total * ctx.scale
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         (ddf,) = ctx.saved_tensors
         dims = ddf.ndim - 2
@@ -137,6 +140,7 @@ class _MeanFoldBarrier(torch.autograd.Function):
         return torch.relu(margin - det).pow(2).mean()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         (ddf,) = ctx.saved_tensors
         dims = ddf.ndim - 2
@@ -162,6 +166,7 @@ class _Determinant(torch.autograd.Function):
         return _cofactors_and_det(diff)[1]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         (diff,) = ctx.saved_tensors
         cof, _ = _cofactors_and_det(diff, with_cofactors=True)

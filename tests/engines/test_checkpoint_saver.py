@@ -83,3 +83,11 @@ def test_a_best_model_without_a_score_record_is_replaced_as_before(tmp_path):
     (tmp_path / "best_model.score.json").unlink()  # e.g. written before score records existed
     _validate(tmp_path, [0.3])
     assert _best(tmp_path) == 0.3
+
+
+def test_a_fresh_run_after_a_resumed_one_in_the_same_process_is_not_held_to_the_old_score(tmp_path):
+    _validate(tmp_path, [0.9])
+    _validate(tmp_path, [0.5])  # resumed (same process): 0.9 stays
+    assert _best(tmp_path) == 0.9
+    _validate(tmp_path, [0.4], resume=False)  # then a fresh run in this process: its own best wins
+    assert _best(tmp_path) == 0.4
