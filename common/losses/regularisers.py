@@ -134,7 +134,7 @@ class _MeanFoldBarrier(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ddf, margin):  # type: ignore[override]
-        _, det = _cofactors_and_det(_differences(ddf))
+        det = _determinant(_jacobian_entries(_differences(ddf)))
         ctx.save_for_backward(ddf)
         ctx.margin = margin
         return torch.relu(margin - det).pow(2).mean()
@@ -145,7 +145,7 @@ class _MeanFoldBarrier(torch.autograd.Function):
         (ddf,) = ctx.saved_tensors
         dims = ddf.ndim - 2
         j = _jacobian_entries(_differences(ddf))
-        _, det = _cofactors_and_det(None, j=j)
+        det = _determinant(j)
         weight = torch.relu(ctx.margin - det).mul_(-2.0 * grad / det.numel())
         out = torch.zeros_like(ddf)
         for r in range(dims):  # d det / d J_rc = cofactor C_rc; J_rc - delta_rc = u_r(x + e_c) - u_r(x)
@@ -154,23 +154,6 @@ class _MeanFoldBarrier(torch.autograd.Function):
                 out[_crop(dims)][:, r] -= g
                 out[_shifted(dims, c)][:, r] += g
         return out, None
-
-
-class _Determinant(torch.autograd.Function):
-    """``det(I + G)`` per voxel of forward differences ``G`` ``(B, D, D, *S)`` (2x2 or 3x3 written out), ``(B, *S)``;
-    the backward pass is the cofactor matrix times the incoming gradient, built in one tensor."""
-
-    @staticmethod
-    def forward(ctx, diff):  # type: ignore[override]
-        ctx.save_for_backward(diff)
-        return _cofactors_and_det(diff)[1]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
-        (diff,) = ctx.saved_tensors
-        cof, _ = _cofactors_and_det(diff, with_cofactors=True)
-        return cof * grad.unsqueeze(1).unsqueeze(1)
 
 
 def _jacobian_entries(diff: torch.Tensor) -> list[list[torch.Tensor]]:
@@ -188,15 +171,9 @@ def _cofactor(j: list[list[torch.Tensor]], r: int, c: int) -> torch.Tensor:
     return j[a][p] * j[b][q] - j[a][q] * j[b][p]
 
 
-def _cofactors_and_det(diff: torch.Tensor | None, with_cofactors: bool = False, j: list | None = None):
-    """``(cofactors (B, D, D, *S) or None, det (B, *S))`` of ``J = I + diff`` per voxel (or of the entries ``j``)."""
-    j = _jacobian_entries(diff) if j is None else j
-    dims = len(j)
-    det = sum(j[0][c] * _cofactor(j, 0, c) for c in range(dims))
-    if not with_cofactors:
-        return None, det
-    cof = torch.stack([torch.stack([_cofactor(j, r, c) for c in range(dims)], dim=1) for r in range(dims)], dim=1)
-    return cof, det
+def _determinant(j: list[list[torch.Tensor]]) -> torch.Tensor:
+    """``det J`` per voxel of the 2x2 or 3x3 matrix of tensors ``j`` (expansion along the first row)."""
+    return sum(j[0][c] * _cofactor(j, 0, c) for c in range(len(j)))
 
 
 def forward_differences(ddf: torch.Tensor) -> torch.Tensor:
@@ -332,8 +309,8 @@ class FoldingPenalty(nn.Module):
 
     The Jacobian uses forward differences ``u(x + e_k) - u(x)`` (voxel units) on the ``(n_1 - 1) x ... x
     (n_D - 1)`` voxels where all exist, as :class:`GradientRegulariser` does; unlike central differences they
-    see a voxel-wise checkerboard. The determinant is written out (2x2 or 3x3), so value and gradient are a few
-    elementwise operations. Used by :class:`~common.engines.instance_optimisation.InstanceOptimiser`
+    see a voxel-wise checkerboard. The determinant is written out (2x2 or 3x3); with ``reduction="mean"`` and no
+    mask the gradient is the cofactor matrix, recomputed in the backward pass (the 1 mm hot path). Used by :class:`~common.engines.instance_optimisation.InstanceOptimiser`
     (``fold_weight``) beside the diffusion regulariser: it leaves smooth regions alone and removes the few
     folded voxels a weak diffusion weight lets through (Learn2Reg's NDV), which is what lets that weight be
     lower. Penalising ``det J <= 0`` this way is a common soft constraint in registration (e.g. Kuang &
@@ -359,6 +336,6 @@ class FoldingPenalty(nn.Module):
         _check(ddf, mask, type(self).__name__, min_size=2)
         if self.reduction == "mean" and mask is None:
             return _MeanFoldBarrier.apply(ddf, self.margin)  # same value, less memory
-        det = _Determinant.apply(forward_differences(ddf))
+        det = _determinant(_jacobian_entries(forward_differences(ddf)))  # masks, per-voxel maps: plain autograd
         values = torch.relu(self.margin - det).pow(2).unsqueeze(1)
         return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 0, 1))

@@ -23,6 +23,11 @@ def test_every_bundle_copy_equals_the_shared_fragment():
     assert sum(len(v) for v in listing.values()) >= 13
     fragment = json.loads((SHARED / "brain_train.fragment.json").read_text())
     assert len(fragment["bundles"]) == 4 and {"train#trainer", "validate#evaluator", "run"} <= set(fragment["ids"])
+    inference = json.loads((SHARED / "brain_inference.fragment.json").read_text())  # instance-optimisation defaults
+    assert inference["config"] == "inference.json" and len(inference["bundles"]) == 3
+    assert {"instance_optimiser", "instance_reg_weight", "instance_grid_factor", "instance_fold_weight"} <= set(
+        inference["ids"]
+    )
     proc = _check(SHARED)
     assert proc.returncode == 0, proc.stdout
 
