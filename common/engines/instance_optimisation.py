@@ -44,14 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from common.blocks import (
-    BSplineTransformer,
-    VelocityIntegrator,
-    compose_ddf,
-    control_grid_shape,
-    resize_flow,
-    warp,
-)
+from common.blocks import BSplineTransformer, VelocityIntegrator, compose_ddf, control_grid_shape, resize_flow, warp
 from common.engines.io_sampling import cube_lncc, foreground_indices, sampled_similarity
 from common.losses import BendingEnergyRegulariser, FoldingPenalty, GradientRegulariser, LocalNCCLoss, SSDLoss
 from common.losses.fixed_lncc import FixedImageLNCC
@@ -82,14 +75,14 @@ def _per_level(value: float | Sequence[float], n: int, valid: Callable[[float], 
     return values
 
 
-def _similarities(losses: list[str | nn.Module], ncc_kernel: int) -> tuple[list[str], list[nn.Module | None]]:
+def _similarities(losses: list[str | nn.Module], kernels: list[int]) -> tuple[list[str], list[nn.Module | None]]:
     """Per level: the similarity's kind (``lncc``/``mind``/``ssd``/``module``) and its module (None for MIND)."""
     bad = [loss for loss in losses if isinstance(loss, str) and loss not in SIMILARITIES]
     if bad:
         raise ValueError(f"InstanceOptimiser: unknown image_loss {bad[0]!r}; use one of {SIMILARITIES} or a module.")
-    made = {"ssd": SSDLoss, "lncc": lambda: LocalNCCLoss(kernel_size=ncc_kernel), "mind": lambda: None}
+    made = {"ssd": lambda k: SSDLoss(), "lncc": lambda k: LocalNCCLoss(kernel_size=k), "mind": lambda k: None}
     kinds = [loss if isinstance(loss, str) else "module" for loss in losses]
-    return kinds, [made[loss]() if isinstance(loss, str) else loss for loss in losses]
+    return kinds, [made[loss](k) if isinstance(loss, str) else loss for loss, k in zip(losses, kernels)]
 
 
 class InstanceOptimiser:
@@ -113,7 +106,7 @@ class InstanceOptimiser:
             ``"mind"``/``"ssd"``, foreground cubes of ``patch_size`` for ``"lncc"`` (module docstring); one
             number for every level or one per level (e.g. ``[0, 524288]``: dense on the coarse level).
         patch_size: side of the ``"lncc"`` cubes in voxels (> ``ncc_kernel``).
-        ncc_kernel: window of ``"lncc"`` in voxels.
+        ncc_kernel: window of ``"lncc"`` in voxels (odd; one for every level, or one per level).
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance in voxels.
         seed: seed of the voxel sampling.
         progress: show a tqdm progress bar.
@@ -140,7 +133,7 @@ class InstanceOptimiser:
         smoothing: int = 0,
         samples: int | Sequence[int] = 0,
         patch_size: int = 16,
-        ncc_kernel: int = 9,
+        ncc_kernel: int | Sequence[int] = 9,
         mind_radius: int = 1,
         mind_dilation: int = 2,
         seed: int = 0,
@@ -162,12 +155,14 @@ class InstanceOptimiser:
         counts = _per_level(samples, n, lambda c: int(c) == c and c >= 0 and smoothing >= 0,
                             f"{name}: smoothing must be >= 0 and samples an integer >= 0 or one per level "
                             f"({n}), got {smoothing}, {samples}.")  # fmt: skip
-        if int(patch_size) != patch_size or patch_size <= ncc_kernel:
-            raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({ncc_kernel}), got {patch_size}.")
+        kernels = [int(k) for k in _per_level(ncc_kernel, n, lambda k: int(k) == k and k >= 1 and k % 2,
+                   f"{name}: ncc_kernel must be an odd integer >= 1, or one per level ({n}), got {ncc_kernel}.")]  # fmt: skip
+        if int(patch_size) != patch_size or patch_size <= max(kernels):
+            raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({max(kernels)}), got {patch_size}.")
         losses = list(image_loss) if isinstance(image_loss, (list, tuple)) else [image_loss] * n
         if len(losses) != n:
             raise ValueError(f"{name}: image_loss must be one loss or one per level ({n}), got {image_loss}.")
-        self.kinds, self.similarities = _similarities(losses, ncc_kernel)
+        self.kinds, self.similarities = _similarities(losses, kernels)
         if isinstance(regulariser, str):
             if regulariser not in REGULARISERS:
                 raise ValueError(f"{name}: unknown regulariser {regulariser!r}; use one of {REGULARISERS} or a module.")
@@ -179,7 +174,7 @@ class InstanceOptimiser:
         self.lr = float(lr)
         self.grid_factors, self.smoothing = [int(g) for g in factors], int(smoothing)
         self.samples = [int(c) for c in counts]
-        self.patch_size, self.ncc_kernel = int(patch_size), int(ncc_kernel)
+        self.patch_size, self.ncc_kernels = int(patch_size), kernels
         self.mind_radius, self.mind_dilation, self.seed, self.progress = mind_radius, mind_dilation, seed, progress
         self.integrator = VelocityIntegrator() if diffeomorphic else None
         self.bspline = BSplineTransformer(bspline_stride) if bspline_stride else None
@@ -329,11 +324,11 @@ class InstanceOptimiser:
         )  # fmt: skip
         foreground = foreground_indices(feat_m, feat_f) if cubes else None
         if kind == "lncc" and not cubes:  # same value as LocalNCCLoss; fixed statistics once, analytic gradient
-            similarity = FixedImageLNCC(feat_f, self.ncc_kernel)
+            similarity = FixedImageLNCC(feat_f, self.ncc_kernels[level])
         for _ in range(iterations):
             optimiser.zero_grad(set_to_none=True)
             if cubes:
-                sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples)
+                sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples, level)
             elif sampled:
                 sim = sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, samples)
             else:

@@ -181,7 +181,7 @@ def test_cube_lncc_is_seeded_and_its_gradient_follows_the_dense_one():
         if sampled:
             gen = torch.Generator().manual_seed(0)
             fg = foreground_indices(moving, fixed)
-            loss = sum(cube_lncc(opt, params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3) for _ in range(4))
+            loss = sum(cube_lncc(opt, params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3, 0) for _ in range(4))
         else:
             loss = dense._dense_similarity(params, (32,) * 3, None, moving, fixed, "lncc", dense.similarities[0])
         loss.backward()
@@ -216,6 +216,9 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"samples": -1}, "samples an integer >= 0"),
         ({"levels": [2, 1], "samples": [0, 1, 2]}, "samples an integer >= 0 or one per level"),
         ({"ncc_kernel": 5, "patch_size": 5}, "patch_size must be an integer > ncc_kernel"),
+        ({"levels": [2, 1], "ncc_kernel": [5, 9], "patch_size": 8}, r"patch_size must be an integer > ncc_kernel \(9\)"),
+        ({"ncc_kernel": 4}, "ncc_kernel must be an odd integer >= 1"),
+        ({"levels": [2, 1], "ncc_kernel": [5, 7, 9]}, "ncc_kernel must be an odd integer >= 1, or one per level"),
         ({"levels": [2, 1], "reg_weight": [1.0]}, "reg_weight must be >= 0, one number or one per level"),
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"levels": [2, 1], "image_loss": ["lncc"]}, "image_loss must be one loss or one per level"),
@@ -249,6 +252,20 @@ def test_grid_factor_per_level_equals_running_the_levels_one_after_the_other():
     assert torch.allclose(both_field, fine, atol=1e-6)
     coarse_only = InstanceOptimiser(levels=[2, 1], iterations=[6, 4], grid_factor=2, reg_weight=[1.0, 2.0], **kw)
     assert not torch.allclose(coarse_only(moving, fixed), both_field, atol=1e-4)
+
+
+def test_ncc_kernel_per_level_equals_running_the_levels_one_after_the_other():
+    """``ncc_kernel=[5, 7]``: window 5 on the coarse level, 7 on the input grid (the 0.3.5 brain default's pattern)."""
+    fixed = _blob3d((24, 24, 24), (12.0, 12.0, 12.0))
+    moving = _blob3d((24, 24, 24), tuple((12.0 + SHIFT).tolist()))
+    kw = {"image_loss": "lncc", "lr": 0.3, "smoothing": 1, "progress": False, "grid_factor": 1}
+    both = InstanceOptimiser(levels=[2, 1], iterations=[6, 4], ncc_kernel=[5, 7], **kw)
+    assert both.ncc_kernels == [5, 7] and [m.kernel_size for m in both.similarities] == [5, 7]
+    coarse = InstanceOptimiser(levels=[2], iterations=[6], ncc_kernel=5, **kw)(moving, fixed)
+    fine = InstanceOptimiser(levels=[1], iterations=[4], ncc_kernel=7, **kw)(moving, fixed, init=coarse)
+    assert torch.allclose(both(moving, fixed), fine, atol=1e-6)
+    same = InstanceOptimiser(levels=[2, 1], iterations=[6, 4], ncc_kernel=5, **kw)(moving, fixed)
+    assert not torch.allclose(same, fine, atol=1e-4)  # the window does reach the input-grid level
 
 
 def test_bad_init_shape():
