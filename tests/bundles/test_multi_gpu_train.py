@@ -74,3 +74,35 @@ def test_two_process_gloo_training_checkpoints_once_and_resumes(bundle, tmp_path
     # one row per epoch: rank 1 writes nothing; the metric is all-gathered over both ranks' validation pairs
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(0.0 < float(r["val_mean_dice"]) <= 1.0 for r in rows)
+
+
+def test_end_distributed_stops_the_gloo_threads_a_ddp_wrapper_keeps_alive(tmp_path):
+    """destroy_process_group alone leaves gloo's threads running while DDP holds the group (a rank then aborted at
+    interpreter exit in about one launch in ten); end_distributed stops them before exit."""
+    script = tmp_path / "ddp_exit.py"
+    script.write_text(
+        "import os, sys, torch, torch.distributed as dist\n"
+        "from common.engines.training import end_distributed\n"
+        "def gloo_threads():\n"
+        "    return sum('gloo' in open(f'/proc/self/task/{t}/comm').read() for t in os.listdir('/proc/self/task'))\n"
+        "end_distributed(None)  # no process group: a no-op\n"
+        "dist.init_process_group('gloo', init_method='file://' + sys.argv[1], rank=0, world_size=1)\n"
+        "ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))\n"
+        "ddp(torch.ones(4, 2)).sum().backward()\n"
+        "before = gloo_threads()\n"
+        "if sys.argv[2] == 'plain':\n"
+        "    dist.barrier(); dist.destroy_process_group()\n"
+        "else:\n"
+        "    end_distributed(ddp)\n"
+        "print('threads', before, gloo_threads(), dist.is_initialized())\n"
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    counts = {}
+    for mode in ("plain", "end"):
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"store_{mode}"), mode], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        line = [t for t in proc.stdout.splitlines() if t.startswith("threads")][-1].split()
+        counts[mode] = (int(line[1]), int(line[2]), line[3])
+    assert counts["plain"][0] > 0 and counts["plain"][1] > 0  # the leak this guards against
+    assert counts["end"][0] > 0 and counts["end"][1] == 0 and counts["end"][2] == "False", counts
