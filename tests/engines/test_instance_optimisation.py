@@ -216,7 +216,10 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"samples": -1}, "samples an integer >= 0"),
         ({"levels": [2, 1], "samples": [0, 1, 2]}, "samples an integer >= 0 or one per level"),
         ({"ncc_kernel": 5, "patch_size": 5}, "patch_size must be an integer > ncc_kernel"),
-        ({"levels": [2, 1], "ncc_kernel": [5, 9], "patch_size": 8}, r"patch_size must be an integer > ncc_kernel \(9\)"),
+        (
+            {"levels": [2, 1], "ncc_kernel": [5, 9], "patch_size": 8},
+            r"patch_size must be an integer > ncc_kernel \(9\)",
+        ),
         ({"ncc_kernel": 4}, "ncc_kernel must be an odd integer >= 1"),
         ({"levels": [2, 1], "ncc_kernel": [5, 7, 9]}, "ncc_kernel must be an odd integer >= 1, or one per level"),
         ({"levels": [2, 1], "reg_weight": [1.0]}, "reg_weight must be >= 0, one number or one per level"),
