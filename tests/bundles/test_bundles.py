@@ -160,7 +160,8 @@ def test_instance_iterations_refine_the_written_field(bundle, tmp_path):
         wf = bundle_workflow(bundle, "inference", "infer", ckpt_path=str(ckpt), moving=files["moving"],
                              fixed=files["fixed"], output_dir=str(out), device="cpu", instance_iterations=iters,
                              instance_levels=[1], instance_schedule=[1.0], instance_reg_weight=1.0,
-                             instance_grid_factor=2, instance_lr=0.2, instance_fold_weight=0.0)  # fmt: skip
+                             instance_grid_factor=2, instance_lr=0.2, instance_fold_weight=0.0,
+                             instance_ncc_kernel=5)  # fmt: skip
         wf.initialize()
         wf.run()
         wf.finalize()
