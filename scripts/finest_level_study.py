@@ -63,13 +63,19 @@ def main(
     out = Path(cache)
     out.mkdir(parents=True, exist_ok=True)
     coarse_path = out / f"{name}_coarse.pt"
+    extra = json.loads(coarse) if isinstance(coarse, str) else dict(coarse)
+    record = out / f"{name}_coarse.json"  # which --coarse built the cached field
+    if coarse_path.is_file() and json.loads(record.read_text() if record.is_file() else "{}") != extra:
+        raise SystemExit(
+            f"finest_level_study: {coarse_path} was built with another --coarse ({record}); use another --cache"
+        )
     if not coarse_path.is_file():
         init = read_l2r_displacement(Path(network) / name / "disp.nii.gz")
         start = time.perf_counter()
-        extra = json.loads(coarse) if isinstance(coarse, str) else dict(coarse)
         field = refine_on_fixed_grid(InstanceOptimiser(**{**COARSE, **extra}), init, moving, m_aff, fixed, f_aff)
         print("coarse", extra, time.perf_counter() - start, score_field(field, entry, m_aff, f_aff), flush=True)
         torch.save(field, coarse_path)
+        record.write_text(json.dumps(extra))
     field = torch.load(coarse_path)
     sets = json.loads(settings) if isinstance(settings, str) else list(settings)
     sigmas = json.loads(post_sigmas) if isinstance(post_sigmas, str) else list(post_sigmas)
@@ -85,7 +91,8 @@ def main(
             padded = smooth(F.pad(ddf, [r] * 6, mode="replicate"))
             fields.append(({**setting, "post_sigma": sigma}, padded[..., r:-r, r:-r, r:-r]))
         for used, field in fields:
-            row = {"pair": name, "setting": used, **score_field(field, entry, m_aff, f_aff), "seconds": seconds}
+            row = {"pair": name, "setting": used, "coarse": extra, **score_field(field, entry, m_aff, f_aff),
+                   "seconds": seconds}  # fmt: skip
             print(row, flush=True)
             with open(results, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

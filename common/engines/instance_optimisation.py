@@ -155,7 +155,7 @@ class InstanceOptimiser:
         counts = _per_level(samples, n, lambda c: int(c) == c and c >= 0 and smoothing >= 0,
                             f"{name}: smoothing must be >= 0 and samples an integer >= 0 or one per level "
                             f"({n}), got {smoothing}, {samples}.")  # fmt: skip
-        kernels = [int(k) for k in _per_level(ncc_kernel, n, lambda k: int(k) == k and k >= 1 and k % 2,
+        kernels = [int(k) for k in _per_level(ncc_kernel, n, lambda k: not isinstance(k, bool) and int(k) == k and k >= 1 and k % 2,
                    f"{name}: ncc_kernel must be an odd integer >= 1, or one per level ({n}), got {ncc_kernel}.")]  # fmt: skip
         if int(patch_size) != patch_size or patch_size <= max(kernels):
             raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({max(kernels)}), got {patch_size}.")

@@ -97,12 +97,13 @@ def test_end_distributed_stops_the_gloo_threads_a_ddp_wrapper_keeps_alive(tmp_pa
         "print('threads', before, gloo_threads(), dist.is_initialized())\n"
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    counts = {}
+    counts = {}  # "plain" (barrier + destroy_process_group, the old finalize) is run to show the leak, not asserted
     for mode in ("plain", "end"):
         proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"store_{mode}"), mode], env=env,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         line = [t for t in proc.stdout.splitlines() if t.startswith("threads")][-1].split()
         counts[mode] = (int(line[1]), int(line[2]), line[3])
-    assert counts["plain"][0] > 0 and counts["plain"][1] > 0  # the leak this guards against
+    # gloo threads ran while the group was up, and none is left after end_distributed (torch 2.13: after "plain"
+    # they are all still there, counts["plain"] == (n, n, "False"))
     assert counts["end"][0] > 0 and counts["end"][1] == 0 and counts["end"][2] == "False", counts
