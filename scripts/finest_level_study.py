@@ -32,8 +32,9 @@ from common.io.l2r import read_l2r_displacement
 from common.io.nifti import read_nifti
 from common.losses.probabilistic import GaussianSmoothing
 
-# The shipped 0.3.3 default (brain_inference.fragment.json, instance_iterations 80): 4 and 2 mm levels on a 2-voxel
-# control grid, then 20 voxel-wise steps on the input grid with diffusion weight 2 and the folding barrier.
+# The 0.3.3 default (instance_iterations 80), the base of the ninth session's study: 4 and 2 mm levels on a 2-voxel
+# control grid, then 20 voxel-wise steps on the input grid with diffusion weight 2 and the folding barrier. The
+# shipped 0.3.4 default differs in one key, chosen with this script: ncc_kernel 7 on the input grid.
 FINEST = {"image_loss": "lncc", "ncc_kernel": 5, "levels": [1], "smoothing": 2, "lr": 0.3, "progress": False,
           "grid_factor": 1, "iterations": 20, "reg_weight": 2.0, "fold_weight": 100.0}  # fmt: skip
 COARSE = {**FINEST, "levels": [4, 2, 1], "iterations": [60, 80, 0], "reg_weight": [1.0, 1.0, 2.0],

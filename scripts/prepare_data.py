@@ -384,7 +384,7 @@ def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oa
     from common.metrics import dice_per_label
 
     if source not in TEMPLATE_SOURCES:
-        raise SystemExit(f"oasis_template: unknown --source {source!r}; choose one of {sorted(TEMPLATE_SOURCES)}")
+        raise ValueError(f"oasis_template: unknown --source {source!r}; choose one of {sorted(TEMPLATE_SOURCES)}")
     real = Path(out_dir) / "oasis_real"
     if not (real / "oasis_a_labels13_1mm.nii.gz").is_file():
         oasis_real(t1_dir=t1_dir, out_dir=out_dir, cache_dir=cache_dir)

@@ -328,7 +328,8 @@ class InstanceOptimiser:
         for _ in range(iterations):
             optimiser.zero_grad(set_to_none=True)
             if cubes:
-                sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples, level)
+                sim = cube_lncc(self, params, shape, init_l, feat_m, feat_f, foreground, generator, samples,
+                                self.ncc_kernels[level])  # fmt: skip
             elif sampled:
                 sim = sampled_similarity(self, params, shape, init_l, feat_m, feat_f, generator, samples)
             else:

@@ -68,8 +68,8 @@ def sampled_similarity(opt, params, shape, init_l, feat_m, feat_f, generator, n:
     return ((moved - target) ** 2).mean()
 
 
-def cube_lncc(opt, params, shape, init_l, mov, fix, foreground, generator, samples: int, level: int) -> torch.Tensor:
-    """LNCC on random foreground cubes, times the foreground fraction (an estimate of the dense mean)."""
+def cube_lncc(opt, params, shape, init_l, mov, fix, foreground, generator, samples: int, kernel: int) -> torch.Tensor:
+    """LNCC (window ``kernel``) on random foreground cubes, times the foreground fraction (an estimate of the dense mean)."""
     dims, side = len(shape), opt.patch_size
     cubes = max(1, samples // side**dims)
     centres = foreground[torch.randint(0, foreground.numel(), (cubes,), generator=generator)].sort().values
@@ -91,4 +91,4 @@ def cube_lncc(opt, params, shape, init_l, mov, fix, foreground, generator, sampl
     moved = per_cube(sample_at(mov, x + u, padding_mode="border"))
     target = per_cube(fix.flatten(2)[:, :, flat.flatten()])
     fraction = foreground.numel() / float(fix[0, 0].numel())
-    return valid_lncc_map(moved, target, opt.ncc_kernels[level]).mean() * fraction
+    return valid_lncc_map(moved, target, kernel).mean() * fraction

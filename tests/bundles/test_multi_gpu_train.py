@@ -78,7 +78,7 @@ def test_two_process_gloo_training_checkpoints_once_and_resumes(bundle, tmp_path
 
 def test_end_distributed_stops_the_gloo_threads_a_ddp_wrapper_keeps_alive(tmp_path):
     """destroy_process_group alone leaves gloo's threads running while DDP holds the group (a rank then aborted at
-    interpreter exit in about one launch in ten); end_distributed stops them before exit."""
+    interpreter exit in 2 of 56 launches on a loaded core); end_distributed stops them before exit."""
     script = tmp_path / "ddp_exit.py"
     script.write_text(
         "import os, sys, torch, torch.distributed as dist\n"
@@ -90,20 +90,14 @@ def test_end_distributed_stops_the_gloo_threads_a_ddp_wrapper_keeps_alive(tmp_pa
         "ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))\n"
         "ddp(torch.ones(4, 2)).sum().backward()\n"
         "before = gloo_threads()\n"
-        "if sys.argv[2] == 'plain':\n"
-        "    dist.barrier(); dist.destroy_process_group()\n"
-        "else:\n"
-        "    end_distributed(ddp)\n"
+        "end_distributed(ddp)\n"
         "print('threads', before, gloo_threads(), dist.is_initialized())\n"
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    counts = {}  # "plain" (barrier + destroy_process_group, the old finalize) is run to show the leak, not asserted
-    for mode in ("plain", "end"):
-        proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"store_{mode}"), mode], env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        line = [t for t in proc.stdout.splitlines() if t.startswith("threads")][-1].split()
-        counts[mode] = (int(line[1]), int(line[2]), line[3])
-    # gloo threads ran while the group was up, and none is left after end_distributed (torch 2.13: after "plain"
-    # they are all still there, counts["plain"] == (n, n, "False"))
-    assert counts["end"][0] > 0 and counts["end"][1] == 0 and counts["end"][2] == "False", counts
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, before, after, initialised = [t for t in proc.stdout.splitlines() if t.startswith("threads")][-1].split()
+    # gloo threads ran while the group was up, and none is left after end_distributed (with barrier +
+    # destroy_process_group alone, torch 2.13 leaves every one of them running)
+    assert int(before) > 0 and int(after) == 0 and initialised == "False", proc.stdout

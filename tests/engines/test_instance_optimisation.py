@@ -181,7 +181,7 @@ def test_cube_lncc_is_seeded_and_its_gradient_follows_the_dense_one():
         if sampled:
             gen = torch.Generator().manual_seed(0)
             fg = foreground_indices(moving, fixed)
-            loss = sum(cube_lncc(opt, params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3, 0) for _ in range(4))
+            loss = sum(cube_lncc(opt, params, (32,) * 3, None, moving, fixed, fg, gen, 64 * 12**3, 5) for _ in range(4))
         else:
             loss = dense._dense_similarity(params, (32,) * 3, None, moving, fixed, "lncc", dense.similarities[0])
         loss.backward()
