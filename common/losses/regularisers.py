@@ -176,6 +176,12 @@ def _determinant(j: list[list[torch.Tensor]]) -> torch.Tensor:
     return sum(j[0][c] * _cofactor(j, 0, c) for c in range(len(j)))
 
 
+def forward_jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
+    """``det(I + grad u)`` ``(B, *(S - 1))`` of a field ``(B, D, *S)`` (voxels) from forward differences, as
+    :class:`FoldingPenalty` takes it; differentiable (plain autograd)."""
+    return _determinant(_jacobian_entries(forward_differences(ddf)))
+
+
 def forward_differences(ddf: torch.Tensor) -> torch.Tensor:
     """Forward differences ``(B, D, D, *(S - 1))`` of a field ``(B, D, *S)``: ``[:, i, k]`` is ``d u_i / d x_k``."""
     return _ForwardDifferences.apply(ddf)

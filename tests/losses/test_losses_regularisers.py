@@ -189,3 +189,17 @@ def test_lean_mean_path_equals_the_per_voxel_map(make, dims):
     (g_lean,) = torch.autograd.grad(lean, ddf)
     (g_map,) = torch.autograd.grad(mapped, ddf)
     assert torch.allclose(g_lean, g_map, rtol=0, atol=1e-14)
+
+
+def test_forward_jacobian_determinant_is_the_folding_penaltys_determinant():
+    from common.losses.regularisers import forward_jacobian_determinant
+
+    shape = (6, 7, 5)
+    x = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))[None]
+    det = forward_jacobian_determinant(0.1 * x)  # a 10 % scaling
+    assert det.shape == (1, 5, 6, 4)
+    assert torch.allclose(det, torch.full_like(det, 1.1**3))
+    field = torch.randn(2, 3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.6
+    penalty = FoldingPenalty(margin=0.05, reduction="none")(field)[:, 0]
+    assert torch.allclose(penalty, torch.relu(0.05 - forward_jacobian_determinant(field)) ** 2)
+    assert (forward_jacobian_determinant(field) < 0.05).any()  # the comparison covers penalised voxels
