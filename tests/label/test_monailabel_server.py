@@ -302,7 +302,9 @@ def test_the_server_answers_info_while_an_inference_runs(server, tmp_path):
     worker.join(600)
     assert done.get("status") == 200, done
     assert during >= 2, f"only {during} /info/ answers came while the inference ran; the check proved little"
-    assert max(waits) < 5, waits
+    # a blocked server would hold /info/ until the inference ends (tens of seconds); on one loaded core a single answer
+    # has taken 5.4 s while the rest came within 0.1 s, so the bound is on the typical answer with room for one stall
+    assert sorted(waits)[len(waits) // 2] < 1 and max(waits) < 10, waits
     # the real T1 (OASIS demo, 1 mm): labels on its grid, nearly all 32 structures
     params = json.loads(done["body"])
     print(f"per-click time, real 1 mm T1: {done['seconds']:.1f} s (server: {params['latencies']})")
