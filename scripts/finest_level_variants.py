@@ -105,19 +105,21 @@ def main(variant: str, datalist: str, cache: str, setting: str | dict = "{}", la
             torch.optim.Adam = CosineAdam  # the engine builds its optimiser as torch.optim.Adam
         try:
             coarse = torch.load(out / f"{entry['id']}_coarse.pt")
+            built = out / f"{entry['id']}_coarse.json"  # finest_level_study's record of the --coarse it used
+            extra_coarse = json.loads(built.read_text()) if built.is_file() else {}
             ddf = refine_on_fixed_grid(InstanceOptimiser(**keywords), coarse, moving, m_aff, fixed, f_aff)
         finally:
             torch.optim.Adam = adam
-        fields[entry["id"]] = (ddf, entry, m_aff, f_aff)
+        fields[entry["id"]] = (ddf, entry, m_aff, f_aff, extra_coarse)
         label = "one-way" if variant == "symmetric" else variant
-        rows.append({"pair": entry["id"], "variant": label, "lam": lam, "setting": extra,
+        rows.append({"pair": entry["id"], "variant": label, "lam": lam, "setting": extra, "coarse": extra_coarse,
                      **score_field(ddf, entry, m_aff, f_aff), "seconds": time.perf_counter() - start})  # fmt: skip
     if variant == "symmetric":  # each direction averaged with the inverse of the other
         (first, (u, *_)), (second, (w, *_)) = fields.items()
         for name, own, other in ((first, u, w), (second, w, u)):
-            _, entry, m_aff, f_aff = fields[name]
+            _, entry, m_aff, f_aff, extra_coarse = fields[name]
             averaged = 0.5 * (own + _inverse(other))
-            rows.append({"pair": name, "variant": variant, "lam": lam, "setting": extra,
+            rows.append({"pair": name, "variant": variant, "lam": lam, "setting": extra, "coarse": extra_coarse,
                          **score_field(averaged, entry, m_aff, f_aff)})  # fmt: skip
     with open(out / "variants.jsonl", "a") as fh:
         for row in rows:

@@ -342,6 +342,6 @@ class FoldingPenalty(nn.Module):
         _check(ddf, mask, type(self).__name__, min_size=2)
         if self.reduction == "mean" and mask is None:
             return _MeanFoldBarrier.apply(ddf, self.margin)  # same value, less memory
-        det = _determinant(_jacobian_entries(forward_differences(ddf)))  # masks, per-voxel maps: plain autograd
+        det = forward_jacobian_determinant(ddf)  # masks, per-voxel maps: plain autograd
         values = torch.relu(self.margin - det).pow(2).unsqueeze(1)
         return reduce(values, self.reduction, None if mask is None else crop_interior(mask, 0, 1))

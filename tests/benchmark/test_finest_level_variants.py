@@ -40,9 +40,9 @@ def test_log_jacobian_term_is_zero_for_volume_preserving_maps_and_log_squared_fo
     assert float(reg(scaling)) == pytest.approx(expected, rel=1e-9)
 
 
-def test_cosine_adam_decays_from_lr_to_zero_over_its_steps():
+def test_cosine_adam_decays_from_lr_to_zero_over_its_steps(monkeypatch):
     param = torch.zeros(3, requires_grad=True)
-    variants.CosineAdam.steps = 4
+    monkeypatch.setattr(variants.CosineAdam, "steps", 4)
     opt = variants.CosineAdam([param], lr=0.3)
     seen = []
     for _ in range(5):
