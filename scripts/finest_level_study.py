@@ -50,14 +50,16 @@ def main(
     post_sigmas: str | list[float] = "[]",
     threads: int = 2,
     coarse: str | dict[str, Any] = "{}",
+    split: str = "validation",
 ) -> str:
     """Run each finest-level setting (InstanceOptimiser keywords over :data:`FINEST`) on validation pair ``pair``.
 
-    ``coarse`` overrides :data:`COARSE` keywords; use a separate ``cache`` per coarse setting (the cached coarse field
+    ``split="test"`` reads a test pair instead: only to re-measure a setting already chosen (e.g. the shipped one), to
+    build the cache that ``scripts.finest_level_variants --split test`` reads for its noise floor. ``coarse`` overrides :data:`COARSE` keywords; use a separate ``cache`` per coarse setting (the cached coarse field
     is reused by name).
     """
     torch.set_num_threads(int(threads))
-    entry = load_datalist(datalist, "validation")[int(pair)]
+    entry = load_datalist(datalist, split)[int(pair)]
     name = entry["id"]
     moving, m_aff = read_nifti(entry["moving_image"])
     fixed, f_aff = read_nifti(entry["fixed_image"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from common.blocks import compose_ddf
+from common.engines.instance_optimisation import InstanceOptimiser
 from common.losses import GradientRegulariser
 from scripts import finest_level_variants as variants
 
@@ -57,3 +58,57 @@ def test_cosine_adam_decays_from_lr_to_zero_over_its_steps(monkeypatch):
 def test_unknown_variant_is_refused_with_one_line():
     with pytest.raises(SystemExit, match="unknown --variant 'mirror'"):
         variants.main("mirror", datalist="unused.json", cache="unused")
+
+
+def test_scaled_adam_multiplies_the_gradient_and_moves_like_adam():
+    a = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    plain, scaled = torch.optim.Adam([a], lr=0.1), variants.ScaledAdam([b], lr=0.1)
+    variants.ScaledAdam.scale = 1.5
+    try:
+        (a * torch.tensor([0.3, 0.2, -0.1])).sum().backward()
+        (b * torch.tensor([0.3, 0.2, -0.1])).sum().backward()
+        plain.step()
+        scaled.step()
+    finally:
+        variants.ScaledAdam.scale = 1.0
+    assert torch.allclose(b.grad, 1.5 * a.grad)
+    assert torch.allclose(a, b, atol=1e-6)  # Adam's step ignores the gradient's scale (but for eps)
+    assert torch.allclose(a.detach(), torch.tensor([0.9, -2.1, 3.1]), atol=1e-6)  # first step: lr * sign
+
+
+def _keywords(**extra):
+    return {"levels": [1], "grid_factor": 1, "smoothing": 0, "progress": False, "ncc_kernel": 5, "patch_size": 8,
+            **extra}  # fmt: skip
+
+
+def test_composed_field_composes_the_residual_with_the_start_and_zero_keeps_the_start():
+    init = _smooth_field(amplitude=2.0)
+    opt = variants.ComposedOptimiser(**_keywords())
+    zero = torch.zeros_like(init)
+    assert torch.allclose(opt.field(zero, tuple(init.shape[2:]), init), init, atol=1e-5)
+    r = 0.5 * torch.roll(_smooth_field(amplitude=1.0), 1, dims=1)
+    assert torch.allclose(opt.field(r, tuple(init.shape[2:]), init), compose_ddf(init, r))
+    assert not torch.allclose(compose_ddf(init, r), init + r, atol=1e-2)  # composed, not added
+
+
+def _shifted_blobs(shift: float = 2.0, size: int = 24):
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij"))
+    centre = torch.tensor([size / 2 - 1, size / 2, size / 2]).view(3, 1, 1, 1)
+    moving = torch.exp(-((grid - centre) ** 2).sum(0) / 18.0)[None, None]
+    fixed = torch.exp(-((grid - centre - torch.tensor([shift, 0, 0]).view(3, 1, 1, 1)) ** 2).sum(0) / 18.0)[None, None]
+    return moving, fixed
+
+
+def test_halfway_finds_the_shift_the_one_way_level_finds():
+    moving, fixed = _shifted_blobs()  # fixed(x) = moving(x - 2 e0): the field points by -2 along axis 0
+    settings = _keywords(iterations=60, lr=0.2, reg_weight=0.1)
+    one_way = InstanceOptimiser(**settings)(moving, fixed)
+    halfway = variants.HalfwayOptimiser(**settings)(moving, fixed)
+    centre = (0, 0, slice(10, 15), slice(10, 15), slice(10, 15))
+    assert -2.4 < float(one_way[centre].mean()) < -1.2  # measured -1.46
+    assert -2.4 < float(halfway[centre].mean()) < -1.2  # measured -1.49
+    across = (0, slice(1, 3), slice(10, 15), slice(10, 15), slice(10, 15))
+    assert abs(float(halfway[across].mean())) < 0.05 and abs(float(one_way[across].mean())) < 0.05  # no net sideways
+    zero = torch.zeros(1, 3, 24, 24, 24)
+    assert torch.allclose(variants.HalfwayOptimiser(**settings).field(zero, (24, 24, 24), one_way), one_way, atol=1e-5)
