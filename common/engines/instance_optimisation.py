@@ -105,7 +105,7 @@ class InstanceOptimiser:
         samples: random voxels per step where the similarity is evaluated (0 = all): single voxels for
             ``"mind"``/``"ssd"``, foreground cubes of ``patch_size`` for ``"lncc"`` (module docstring); one
             number for every level or one per level (e.g. ``[0, 524288]``: dense on the coarse level).
-        patch_size: side of the ``"lncc"`` cubes in voxels (> ``ncc_kernel``).
+        patch_size: side of the ``"lncc"`` cubes in voxels (> ``ncc_kernel`` of every level that samples cubes).
         ncc_kernel: window of ``"lncc"`` in voxels (odd; one for every level, or one per level).
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance in voxels.
         seed: seed of the voxel sampling.
@@ -157,11 +157,13 @@ class InstanceOptimiser:
                             f"({n}), got {smoothing}, {samples}.")  # fmt: skip
         kernels = [int(k) for k in _per_level(ncc_kernel, n, lambda k: not isinstance(k, bool) and int(k) == k and k >= 1 and k % 2,
                    f"{name}: ncc_kernel must be an odd integer >= 1, or one per level ({n}), got {ncc_kernel}.")]  # fmt: skip
-        if int(patch_size) != patch_size or patch_size <= max(kernels):
-            raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({max(kernels)}), got {patch_size}.")
         losses = list(image_loss) if isinstance(image_loss, (list, tuple)) else [image_loss] * n
         if len(losses) != n:
             raise ValueError(f"{name}: image_loss must be one loss or one per level ({n}), got {image_loss}.")
+        bound = max([k for k, loss, c in zip(kernels, losses, counts) if loss == "lncc" and c > 0], default=0)
+        if int(patch_size) != patch_size or patch_size <= bound or patch_size < 1:  # only LNCC cube levels need room
+            raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({bound}) of the levels that score "
+                             f"LNCC on sampled cubes (and >= 1), got {patch_size}.")  # fmt: skip
         self.kinds, self.similarities = _similarities(losses, kernels)
         if isinstance(regulariser, str):
             if regulariser not in REGULARISERS:

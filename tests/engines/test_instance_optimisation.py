@@ -215,11 +215,12 @@ def test_diffeomorphic_large_shift_does_not_fold():
         ({"lr": 0}, "lr must be > 0"),
         ({"samples": -1}, "samples an integer >= 0"),
         ({"levels": [2, 1], "samples": [0, 1, 2]}, "samples an integer >= 0 or one per level"),
-        ({"ncc_kernel": 5, "patch_size": 5}, "patch_size must be an integer > ncc_kernel"),
+        ({"ncc_kernel": 5, "patch_size": 5, "samples": 4096}, "patch_size must be an integer > ncc_kernel"),
         (
-            {"levels": [2, 1], "ncc_kernel": [5, 9], "patch_size": 8},
+            {"levels": [2, 1], "ncc_kernel": [5, 9], "patch_size": 8, "samples": [0, 4096]},
             r"patch_size must be an integer > ncc_kernel \(9\)",
         ),
+        ({"patch_size": 0}, "patch_size must be an integer"),
         ({"ncc_kernel": 4}, "ncc_kernel must be an odd integer >= 1"),
         ({"levels": [2, 1], "ncc_kernel": [5, 7, 9]}, "ncc_kernel must be an odd integer >= 1, or one per level"),
         ({"levels": [2, 1], "reg_weight": [1.0]}, "reg_weight must be >= 0, one number or one per level"),
@@ -235,6 +236,15 @@ def test_diffeomorphic_large_shift_does_not_fold():
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=f"InstanceOptimiser: .*{message}"):
         InstanceOptimiser(**kwargs)
+
+
+def test_patch_size_only_bounds_the_windows_of_levels_that_sample_cubes():
+    """A wide window on a dense level needs no cube room; the same window on a sampled level does."""
+    dense = InstanceOptimiser(levels=[2, 1], ncc_kernel=[5, 21], patch_size=16, samples=[4096, 0])
+    assert dense.ncc_kernels == [5, 21] and dense.patch_size == 16
+    with pytest.raises(ValueError, match=r"patch_size must be an integer > ncc_kernel \(21\)"):
+        InstanceOptimiser(levels=[2, 1], ncc_kernel=[5, 21], patch_size=16, samples=[0, 4096])
+    InstanceOptimiser(image_loss="mind", ncc_kernel=21, patch_size=16, samples=4096)  # MIND samples voxels, no cubes
 
 
 def test_grid_factor_per_level_equals_running_the_levels_one_after_the_other():

