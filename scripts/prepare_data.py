@@ -41,9 +41,9 @@ from common.data.brain.synthetic import (
     write_unit_image,
 )
 from common.data.brain.template import (
+    DEFAULT_TEMPLATE_SOURCE,
     TEMPLATE_GRID_1MM,
     TEMPLATE_GRID_2MM,
-    DEFAULT_TEMPLATE_SOURCE,
     TEMPLATE_SOURCES,
     build_template,
     downsample_image_2x,
