@@ -55,7 +55,9 @@ def main(
     """Run each finest-level setting (InstanceOptimiser keywords over :data:`FINEST`) on validation pair ``pair``.
 
     ``split="test"`` reads a test pair instead: only to re-measure a setting already chosen (e.g. the shipped one), to
-    build the cache that ``scripts.finest_level_variants --split test`` reads for its noise floor. ``coarse`` overrides :data:`COARSE` keywords; use a separate ``cache`` per coarse setting (the cached coarse field
+    build the cache that ``scripts.finest_level_variants --split test`` reads for its noise floor.
+
+    ``coarse`` overrides :data:`COARSE` keywords; use a separate ``cache`` per coarse setting (the cached coarse field
     is reused by name).
     """
     torch.set_num_threads(int(threads))
