@@ -17,7 +17,7 @@ validation pairs only (run from the repository root with ``python -m``), the stu
   :func:`common.blocks.compose_ddf`) instead of added to it (``u0 + r``); the regulariser still sees ``u0 + r``.
 - ``halfway`` (eleventh session): symmetric in the optimisation, as SyN is: both images move half-way, the moving
   one by ``u0 o s`` and the fixed one by ``-s`` (``s`` half the residual), scored with :class:`LocalNCCLoss` (both
-  sides change); the result is ``u0 o 2v`` with ``v`` the inverse of ``-s`` (10 fixed-point passes). About 2.5 times
+  sides change); the result is ``u0 o 2v`` with ``v`` the inverse of ``-s`` (10 fixed-point passes). About 2.6 times
   the time of the input-grid level.
 - ``base``: the study's base as the engine runs it, for ``--scale``.
 
@@ -100,7 +100,17 @@ class ScaledAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-class ComposedOptimiser(InstanceOptimiser):
+class _DenseOnly(InstanceOptimiser):
+    """The variants below override the dense path only (the engine's sampled paths add the residual)."""
+
+    def __init__(self, **keywords: Any) -> None:
+        super().__init__(**keywords)
+        if any(self.samples) or self.bspline is not None or self.integrator is not None:
+            raise SystemExit(f"finest_level_variants: {type(self).__name__} needs dense, non-diffeomorphic levels "
+                             "(samples 0, no bspline_stride)")  # fmt: skip
+
+
+class ComposedOptimiser(_DenseOnly):
     """The residual composed with the starting field, ``init(x + r) + r``, instead of added to it."""
 
     def field(self, params: torch.Tensor, size: tuple[int, ...], init: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,8 +118,16 @@ class ComposedOptimiser(InstanceOptimiser):
         return r if init is None else compose_ddf(init, r)
 
 
-class HalfwayOptimiser(InstanceOptimiser):
-    """Both images move half-way: moving by ``init o s``, fixed by ``-s``; the result is ``init o 2 inverse(-s)``."""
+class HalfwayOptimiser(_DenseOnly):
+    """Both images move half-way: moving by ``init o s``, fixed by ``-s``; the result is ``init o 2 inverse(-s)``.
+
+    Scored with LNCC (the last level's window) whatever ``image_loss`` says; so only ``"lncc"`` is accepted.
+    """
+
+    def __init__(self, **keywords: Any) -> None:
+        super().__init__(**keywords)
+        if set(self.kinds) != {"lncc"}:
+            raise SystemExit("finest_level_variants: halfway scores LNCC; use image_loss 'lncc'")
 
     def _half(self, params: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         return 0.5 * resize_flow(self._dense_residual(params), size)

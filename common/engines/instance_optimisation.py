@@ -161,9 +161,9 @@ class InstanceOptimiser:
         if len(losses) != n:
             raise ValueError(f"{name}: image_loss must be one loss or one per level ({n}), got {image_loss}.")
         bound = max([k for k, loss, c in zip(kernels, losses, counts) if loss == "lncc" and c > 0], default=0)
-        if int(patch_size) != patch_size or patch_size <= bound or patch_size < 1:  # only LNCC cube levels need room
+        if int(patch_size) != patch_size or patch_size <= bound:  # only levels that may sample LNCC cubes need room
             raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({bound}) of the levels that score "
-                             f"LNCC on sampled cubes (and >= 1), got {patch_size}.")  # fmt: skip
+                             f"LNCC on sampled cubes (0 without such levels), got {patch_size}.")  # fmt: skip
         self.kinds, self.similarities = _similarities(losses, kernels)
         if isinstance(regulariser, str):
             if regulariser not in REGULARISERS:

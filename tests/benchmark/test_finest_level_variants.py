@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from common.blocks import compose_ddf
+from common.blocks import compose_ddf, warp
 from common.engines.instance_optimisation import InstanceOptimiser
 from common.losses import GradientRegulariser
 from scripts import finest_level_variants as variants
@@ -112,3 +112,44 @@ def test_halfway_finds_the_shift_the_one_way_level_finds():
     assert abs(float(halfway[across].mean())) < 0.05 and abs(float(one_way[across].mean())) < 0.05  # no net sideways
     zero = torch.zeros(1, 3, 24, 24, 24)
     assert torch.allclose(variants.HalfwayOptimiser(**settings).field(zero, (24, 24, 24), one_way), one_way, atol=1e-5)
+
+
+def test_halfway_result_is_twice_the_inverse_of_the_fixed_side_half_field():
+    """u = 2 v with v = s(x + v): the fixed image moved by -s and the moving image by +s meet at the same point."""
+    params = _smooth_field(amplitude=3.0)  # s = params / 2 (no smoothing), up to 1.5 voxels
+    opt = variants.HalfwayOptimiser(**_keywords())
+    size = tuple(params.shape[2:])
+    u = opt.field(params, size)
+    s = 0.5 * params
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+    assert (u - 2.0 * warp(s, 0.5 * u))[inner].abs().max() < 1e-3  # the fixed point, not merely 2 s
+    assert (u - 2.0 * s)[inner].abs().max() > 0.1
+
+
+def test_variant_classes_refuse_settings_their_overrides_do_not_cover():
+    with pytest.raises(SystemExit, match="needs dense, non-diffeomorphic levels"):
+        variants.ComposedOptimiser(**_keywords(samples=4096))
+    with pytest.raises(SystemExit, match="needs dense, non-diffeomorphic levels"):
+        variants.HalfwayOptimiser(**_keywords(diffeomorphic=True))
+    with pytest.raises(SystemExit, match="halfway scores LNCC"):
+        variants.HalfwayOptimiser(**_keywords(image_loss="mind"))
+
+
+def test_refine_restores_adam_and_the_scale_even_when_the_run_fails(monkeypatch):
+    seen = {}
+
+    def failing(optimiser, *args):
+        seen["adam"], seen["scale"], seen["class"] = torch.optim.Adam, variants.ScaledAdam.scale, type(optimiser)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(variants, "refine_on_fixed_grid", failing)
+    adam = torch.optim.Adam
+    with pytest.raises(RuntimeError, match="stop"):
+        variants._refine("halfway", _keywords(), 1.000001, torch.zeros(1, 3, 8, 8, 8), ())
+    assert seen == {"adam": variants.ScaledAdam, "scale": 1.000001, "class": variants.HalfwayOptimiser}
+    assert torch.optim.Adam is adam and variants.ScaledAdam.scale == 1.0
+
+
+def test_scale_is_refused_with_the_cosine_schedule():
+    with pytest.raises(SystemExit, match="--scale applies to every variant but cosine"):
+        variants.main("cosine", datalist="unused.json", cache="unused", scale=1.000001)
