@@ -128,6 +128,7 @@ class HalfwayOptimiser(_DenseOnly):
         super().__init__(**keywords)
         if set(self.kinds) != {"lncc"}:
             raise SystemExit("finest_level_variants: halfway scores LNCC; use image_loss 'lncc'")
+        self.pair_lncc = LocalNCCLoss(kernel_size=self.ncc_kernels[-1])  # both images move: no fixed statistics
 
     def _half(self, params: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         return 0.5 * resize_flow(self._dense_residual(params), size)
@@ -135,7 +136,7 @@ class HalfwayOptimiser(_DenseOnly):
     def _dense_similarity(self, params, shape, init_l, feat_m, feat_f, kind, similarity) -> torch.Tensor:
         s = self._half(params, shape)
         moving = warp(feat_m, s if init_l is None else compose_ddf(init_l, s))
-        return LocalNCCLoss(kernel_size=self.ncc_kernels[-1])(moving, warp(feat_f, -s))
+        return self.pair_lncc(moving, warp(feat_f, -s))
 
     def field(self, params: torch.Tensor, size: tuple[int, ...], init: torch.Tensor | None = None) -> torch.Tensor:
         v2 = 2.0 * _inverse(-self._half(params, size), passes=10)
