@@ -361,7 +361,7 @@ def _plots(rows: list[dict[str, Any]], out: Path, qc: dict[str, Any] | None) -> 
     return written
 
 
-def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = "test",
+def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str | None = None,
         methods: str = "zero,affine,ants,elastix,bundles", out: str = "outputs/benchmark", limit: int | None = None,
         ants_preset: str = "lumir", device: str = "cpu", threads: int = 0, timeout: float = 7200,
         instance_iterations: int = 80, jobs: int = 1, ants_limit: int = 0, resume: bool = False) -> str:  # fmt: skip
@@ -376,7 +376,8 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
             MNI152 template); ignored when ``datalist`` is given.
         datalist: JSON with (moving_image, fixed_image[, moving_label, fixed_label]) entries; a CSV with those
             columns also works. Pairs without both label maps are scored on image NCC, the field and speed only.
-        section: datalist section.
+        section: datalist section (default: the dataset's own, ``test`` for a ``datalist``); an explicit section
+            also applies to a built-in ``dataset`` (e.g. ``--dataset brain_1mm --section validation``).
         methods: comma-separated, see the module docstring.
         out: output folder.
         limit: only the first ``limit`` pairs.
@@ -395,7 +396,8 @@ def run(dataset: str = "brain_2mm", datalist: str | None = None, section: str = 
     if datalist is None:
         if dataset not in DATASETS:
             raise SystemExit(f"benchmark: unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
-        datalist, section = str(DATASETS[dataset][0]), DATASETS[dataset][1]
+        datalist, section = str(DATASETS[dataset][0]), section or DATASETS[dataset][1]
+    section = section or "test"
     if str(datalist).endswith(".csv"):
         with open(datalist, newline="") as fh:
             pairs = [dict(r) for r in csv.DictReader(fh)]

@@ -214,3 +214,18 @@ def test_jobs_ants_limit_and_resume(tmp_path, monkeypatch):
     assert [(r["pair"], r["method"], r["dice_mean"]) for r in again] == [
         (r["pair"], r["method"], r["dice_mean"]) for r in rows
     ]
+
+
+def test_an_explicit_section_applies_to_a_built_in_dataset(tmp_path, monkeypatch):
+    # `--dataset brain_1mm --section validation` used to benchmark the test pairs: the dataset's section won
+    pairs = {s: [_disc_pair(tmp_path, i, 2.0)] for i, s in enumerate(("test", "validation"))}
+    pairs["validation"][0]["id"] = "val0"
+    dl = tmp_path / "pairs.json"
+    dl.write_text(json.dumps(pairs))
+    monkeypatch.setitem(benchmark.DATASETS, "tiny", (dl, "test"))
+    for section, expected in ((None, "p0"), ("validation", "val0")):
+        out = tmp_path / f"bench_{section}"
+        benchmark.run(dataset="tiny", section=section, methods="zero", out=str(out), timeout=600)
+        rows = list(csv.DictReader(open(out / "results.csv")))
+        assert [r["pair"] for r in rows] == [expected]
+        assert f"({section or 'test'} of {dl})" in (out / "summary.md").read_text()
