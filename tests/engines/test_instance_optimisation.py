@@ -245,6 +245,8 @@ def test_patch_size_only_bounds_the_windows_of_levels_that_sample_cubes():
     with pytest.raises(ValueError, match=r"patch_size must be an integer > ncc_kernel \(21\)"):
         InstanceOptimiser(levels=[2, 1], ncc_kernel=[5, 21], patch_size=16, samples=[0, 4096])
     InstanceOptimiser(image_loss="mind", ncc_kernel=21, patch_size=16, samples=4096)  # MIND samples voxels, no cubes
+    bspline = InstanceOptimiser(ncc_kernel=21, patch_size=16, samples=4096, bspline_stride=4)  # B-spline: no cubes
+    assert bspline.bspline is not None and bspline.patch_size == 16
 
 
 def test_grid_factor_per_level_equals_running_the_levels_one_after_the_other():
