@@ -160,8 +160,8 @@ class InstanceOptimiser:
         losses = list(image_loss) if isinstance(image_loss, (list, tuple)) else [image_loss] * n
         if len(losses) != n:
             raise ValueError(f"{name}: image_loss must be one loss or one per level ({n}), got {image_loss}.")
-        bound = max([k for k, loss, c in zip(kernels, losses, counts) if loss == "lncc" and c > 0 and not bspline_stride],
-                    default=0)  # B-spline levels never sample cubes
+        cube_windows = [k for k, loss, c in zip(kernels, losses, counts) if loss == "lncc" and c > 0]
+        bound = 0 if bspline_stride else max(cube_windows, default=0)  # B-spline levels never sample cubes
         if int(patch_size) != patch_size or patch_size <= bound:  # only levels that may sample LNCC cubes need room
             raise ValueError(f"{name}: patch_size must be an integer > ncc_kernel ({bound}) of the levels that score "
                              f"LNCC on sampled cubes (0 without such levels), got {patch_size}.")  # fmt: skip
