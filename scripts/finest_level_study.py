@@ -5,7 +5,8 @@ come from ``scripts/instance_optimisation_study.py``'s ``<out>/network/<pair>/di
 and every setting then runs only the input-grid level from it. That equals the full schedule (the engine resizes
 the field found so far onto each level; checked: validation pair 00, 60/80/20 steps, Dice 0.74237 both ways).
 ``--post_sigmas`` also scores the refined field after a Gaussian of each sigma (the engine's ``final_sigma``).
-Validation pairs only. Results are appended to ``<cache>/results.jsonl``.
+Validation pairs (``--split test`` only re-measures a shipped setting). Results are appended to
+``<cache>/results.jsonl``.
 
 Usage::
 
@@ -34,11 +35,13 @@ from common.losses.probabilistic import GaussianSmoothing
 
 # The 0.3.3 default (instance_iterations 80), the base of the ninth session's study: 4 and 2 mm levels on a 2-voxel
 # control grid, then 20 voxel-wise steps on the input grid with diffusion weight 2 and the folding barrier. The
-# shipped 0.3.4 default differs in one key, chosen with this script: ncc_kernel 7 on the input grid.
+# shipped default (lumir_cascade 0.3.5, hybrid_loss / joint_affine 0.3.6) is FINEST | SHIPPED, both keys chosen with
+# this script; tests/benchmark/test_finest_level_variants.py checks COARSE and FINEST | SHIPPED against the bundles.
 FINEST = {"image_loss": "lncc", "ncc_kernel": 5, "levels": [1], "smoothing": 2, "lr": 0.3, "progress": False,
           "grid_factor": 1, "iterations": 20, "reg_weight": 2.0, "fold_weight": 100.0}  # fmt: skip
 COARSE = {**FINEST, "levels": [4, 2, 1], "iterations": [60, 80, 0], "reg_weight": [1.0, 1.0, 2.0],
           "grid_factor": [2, 2, 1], "fold_weight": [0.0, 0.0, 100.0]}  # fmt: skip
+SHIPPED = {"ncc_kernel": 7, "reg_weight": 1.5}
 
 
 def main(

@@ -1,8 +1,10 @@
-"""scripts/finest_level_variants.py's pieces: the field inverse, the log-Jacobian regulariser, the cosine schedule."""
+"""scripts/finest_level_variants.py's pieces (inverse, log-Jacobian term, schedules); the study base vs the bundles."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ from common.blocks import compose_ddf, warp
 from common.engines.instance_optimisation import InstanceOptimiser
 from common.losses import GradientRegulariser
 from scripts import finest_level_variants as variants
+from scripts.finest_level_study import COARSE, FINEST, SHIPPED
+
+FRAGMENT = Path(__file__).resolve().parents[2] / "bundles/_shared/brain_inference.fragment.json"
 
 
 def _smooth_field(shape=(24, 20, 16), amplitude=1.5) -> torch.Tensor:
@@ -153,3 +158,23 @@ def test_refine_restores_adam_and_the_scale_even_when_the_run_fails(monkeypatch)
 def test_scale_is_refused_with_the_cosine_schedule():
     with pytest.raises(SystemExit, match="--scale applies to every variant but cosine"):
         variants.main("cosine", datalist="unused.json", cache="unused", scale=1.000001)
+
+
+def test_the_study_base_is_the_bundles_schedule_and_shipped_differs_only_in_shipped_keys():
+    """COARSE (4, 2 mm) then FINEST | SHIPPED (input grid) is what the brain bundles run at instance_iterations 80."""
+    ids = json.loads(FRAGMENT.read_text())["ids"]
+    per_level = {"levels": "instance_levels", "reg_weight": "instance_reg_weight", "ncc_kernel": "instance_ncc_kernel",
+                 "grid_factor": "instance_grid_factor", "fold_weight": "instance_fold_weight"}  # fmt: skip
+    iterations = [int(round(80 * w)) for w in ids["instance_schedule"]]
+    assert COARSE["iterations"][:2] == iterations[:2] and FINEST["iterations"] == iterations[2]
+    shipped = {**FINEST, **SHIPPED}
+    for key, name in per_level.items():
+        shipped_levels = ids[name] if isinstance(ids[name], list) else [ids[name]] * 3
+        coarse_levels = COARSE[key] if isinstance(COARSE[key], list) else [COARSE[key]] * 3
+        assert coarse_levels[:2] == shipped_levels[:2], key
+        fine = shipped[key] if isinstance(shipped[key], list) else [shipped[key]]
+        assert fine == shipped_levels[2:], key
+    same = {"lr": "instance_lr", "smoothing": "instance_smoothing", "image_loss": "instance_similarity"}
+    for key, name in same.items():
+        assert COARSE[key] == shipped[key] == ids[name], key
+    assert ids["instance_samples"] == 0 and not ids["instance_diffeomorphic"]  # the study's levels are dense
